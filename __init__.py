@@ -1,0 +1,9 @@
+"""ControlNeXt-SVD v2 for ComfyUI: animate a reference photo with a pose or dance video.
+
+ComfyUI imports this package from ``custom_nodes/`` and calls :func:`comfy_entrypoint`. Importing it does no work
+beyond defining the node classes (no model loading, no onnxruntime session, no network).
+"""
+
+from .nodes import comfy_entrypoint
+
+__all__ = ["comfy_entrypoint"]

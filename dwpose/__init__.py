@@ -1,0 +1,1 @@
+"""Plain numpy/torch DWPose code (pose extraction, alignment, rendering); it never imports ComfyUI's node layer."""

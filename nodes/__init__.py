@@ -1,0 +1,20 @@
+"""Thin ComfyUI node definitions (V3 schema, pinned to comfy_api v0_0_2) over the pack's model code."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from .environment import ControlNeXtEnvironmentInfo
+
+NODES: list[type[io.ComfyNode]] = [
+    ControlNeXtEnvironmentInfo,
+]
+
+
+class ControlNeXtExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> ControlNeXtExtension:
+    return ControlNeXtExtension()
