@@ -50,12 +50,14 @@ _argv, sys.argv = sys.argv, [
 from comfy.cli_args import args  # noqa: E402,F401  (parses the argv above, not pytest's)
 
 sys.argv = _argv
+# utils.extra_config must be imported before anything that imports ComfyUI's `nodes`
+import utils.extra_config  # noqa: E402,F401
+
+# isort: split
 import execution  # noqa: E402
 import folder_paths  # noqa: E402
-import server  # noqa: E402
-import utils.extra_config  # noqa: E402,F401  (must precede `import nodes`)
-
 import nodes  # noqa: E402
+import server  # noqa: E402
 
 if Path(nodes.__file__).resolve().parent != COMFY.resolve():
     raise RuntimeError(f"`import nodes` found {nodes.__file__}, not ComfyUI's: something shadows it")

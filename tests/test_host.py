@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
+import nodes
 import tomllib
 import torch
-from conftest import COMFY, PACK_MODULE_NAME, ROOT, pack_import, run_graph
 
-import nodes
+from conftest import COMFY, PACK_MODULE_NAME, ROOT, pack_import, run_graph
 
 
 def test_comfyui_is_0_3_75():
