@@ -6,11 +6,13 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .environment import ControlNeXtEnvironmentInfo
 from .paths import register_model_folders
+from .sampler_node import ControlNeXtSampler
 
 register_model_folders()  # a dict update: listing files happens only when a node's inputs are asked for
 
 NODES: list[type[io.ComfyNode]] = [
     ControlNeXtEnvironmentInfo,
+    ControlNeXtSampler,
 ]
 
 

@@ -1,0 +1,218 @@
+"""ControlNeXtSampler against an independent plain-torch statement of the official windowed sampling loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import safetensors.torch
+import torch
+from conftest import GraphInvalid, pack_import, run_graph
+from tiny_pack.tiny_svd import tiny_svd_conditioning, tiny_svd_patcher
+
+import comfy.samplers
+import folder_paths
+
+windows = pack_import("controlnext.windows")
+
+
+# ---- independent statement of the official pipeline (spec 4.5-4.7), written without the pack's code -------------
+
+def official_window_starts(frames: int, frames_per_batch: int, overlap: int) -> list[int]:
+    fpb = min(frames_per_batch, frames)
+    starts = []
+    for s in range(0, frames - overlap, fpb - overlap):
+        if s + fpb > frames:
+            s = frames - fpb
+        starts.append(s)
+    return starts
+
+
+def official_karras(n: int, sigma_min: float = 0.002, sigma_max: float = 700.0) -> torch.Tensor:
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / 7), sigma_max ** (1 / 7)
+    sigmas = (hi + ramp * (lo - hi)) ** 7
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
+
+
+def svd_added_time_embedding(ids: list[float]) -> torch.Tensor:
+    """diffusers' add_time_proj: Timesteps(256, flip_sin_to_cos=True, shift 0) per id, concatenated."""
+    k = torch.arange(128, dtype=torch.float32)
+    freqs = torch.exp(-math.log(10000) * k / 128)
+    parts = [torch.cat([torch.cos(i * freqs), torch.sin(i * freqs)]) for i in ids]
+    return torch.cat(parts).unsqueeze(0)
+
+
+def official_sample(unet, noise, sigmas, embed, concat, time_ids, fpb, overlap, g_min, g_max,
+                    keep_anchor=False, global_ramp=False):
+    """The official denoising loop: per window CFG on v with a ramp, one Euler step, average the stepped latents.
+
+    keep_anchor and global_ramp are deliberately wrong variants (sensitivity checks), False for the official loop.
+    """
+    frames = noise.shape[0]
+    fpb = min(fpb, frames)
+    y = svd_added_time_embedding(time_ids)
+    x = noise * math.sqrt(float(sigmas[0]) ** 2 + 1)
+    starts = official_window_starts(frames, fpb, overlap)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        pred = torch.zeros_like(x)
+        counter = torch.zeros(frames, 1, 1, 1)
+        for s in starts:
+            x_w = x[s:s + fpb]
+            x_in = x_w / math.sqrt(sigma ** 2 + 1)
+            t = torch.full((fpb,), 0.25 * math.log(sigma))
+
+            def v_pred(context, concat_latent):
+                inp = torch.cat([x_in, concat_latent.expand(fpb, -1, -1, -1)], dim=1)
+                return unet(inp, t, context=context.expand(fpb, -1, -1), y=y.expand(fpb, -1),
+                            num_video_frames=fpb, transformer_options={})
+
+            v_c = v_pred(embed, concat)
+            v_u = v_pred(torch.zeros_like(embed), torch.zeros_like(concat))
+            g = torch.linspace(g_min, g_max, fpb).view(-1, 1, 1, 1)
+            if global_ramp:
+                g = torch.linspace(g_min, g_max, frames)[s:s + fpb].view(-1, 1, 1, 1)
+            v = v_u + g * (v_c - v_u)
+            x0 = v * (-sigma / math.sqrt(sigma ** 2 + 1)) + x_w / (sigma ** 2 + 1)
+            stepped = x_w + (x_w - x0) / sigma * (sigma_next - sigma)
+            if s == 0 or keep_anchor:
+                pred[s:s + fpb] += stepped
+                counter[s:s + fpb] += 1
+            else:
+                pred[s + 1:s + fpb] += stepped[1:]
+                counter[s + 1:s + fpb] += 1
+        x = pred / counter
+    return x
+
+
+# ---- window placement ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frames,fpb,overlap", [(81, 24, 6), (24, 24, 6), (25, 24, 6), (7, 4, 2), (30, 24, 6),
+                                                (100, 16, 1), (13, 5, 4), (240, 24, 6)])
+def test_window_placement_matches_official(frames, fpb, overlap):
+    plan = windows.plan_windows(frames, fpb, overlap)
+    assert [w.start for w in plan] == official_window_starts(frames, fpb, overlap)
+    assert all(w.length == min(fpb, frames) for w in plan)
+    assert (windows.coverage(plan, frames) >= 1).all()
+
+
+def test_window_example_from_the_spec():
+    plan = windows.plan_windows(81, 24, 6)
+    assert [w.start for w in plan] == [0, 18, 36, 54, 57]
+    cover = windows.coverage(plan, 81)
+    assert cover[19:24].tolist() == [2] * 5 and cover[:19].tolist() == [1] * 19
+    assert plan[1].pose_indices == [0, *range(19, 42)]
+    assert plan[0].pose_indices == list(range(24))
+
+
+def test_official_overlap_zero_leaves_frames_uncovered():
+    # why overlap 0 is refused: the official scheme drops every later window's anchor frame
+    starts = official_window_starts(40, 8, 0)
+    covered = set(range(8)) | {f for s in starts[1:] for f in range(s + 1, s + 8)}
+    assert set(range(40)) - covered == {8, 16, 24, 32}
+    assert [(w.start, w.length) for w in windows.plan_windows(8, 8, 0)] == [(0, 8)]  # one window: fine
+
+
+def test_short_clips_clamp_to_one_window():
+    assert [(w.start, w.length) for w in windows.plan_windows(5, 24, 6)] == [(0, 5)]
+    assert [(w.start, w.length) for w in windows.plan_windows(3, 24, 6)] == [(0, 3)]  # official: NaN (F <= overlap)
+
+
+@pytest.mark.parametrize("frames,fpb,overlap,message", [
+    (0, 24, 6, "no frames"), (10, 1, 0, "at least 2"), (10, 6, 6, "smaller than frames_per_window"),
+    (10, 6, -1, "at least 0"), (100, 16, 0, "overlap of at least 1"),
+])
+def test_window_settings_errors(frames, fpb, overlap, message):
+    with pytest.raises(windows.WindowSettingsError, match=message):
+        windows.plan_windows(frames, fpb, overlap)
+
+
+def test_comfy_karras_matches_official_schedule():
+    import comfy.model_sampling  # noqa: F401
+
+    model = tiny_svd_patcher(0)
+    ours = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 25)
+    ref = official_karras(25)
+    assert torch.allclose(ours.float(), ref, rtol=4e-6, atol=0)
+    assert ref[1].item() == pytest.approx(545.73, abs=0.01)
+
+
+# ---- the node against the official loop ------------------------------------------------------------------------
+
+def run_sampler(frames: int, fpb: int, overlap: int, cfg_min: float, cfg_max: float, steps: int = 3, seed: int = 5,
+                model_seed: int = 11):
+    graph = {
+        "1": {"class_type": "ControlNeXtTestTinySVD", "inputs": {"seed": model_seed}},
+        "2": {"class_type": "ControlNeXtTestTinySVDConditioning",
+              "inputs": {"frames": frames, "width": 64, "height": 64, "seed": 2}},
+        "3": {"class_type": "ControlNeXtSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent_image": ["2", 2], "seed": seed,
+            "steps": steps, "cfg_min": cfg_min, "cfg_max": cfg_max, "frames_per_window": fpb, "overlap": overlap,
+            "sampler_name": "euler", "scheduler": "karras"}},
+        "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "cnx_sampler"}},
+    }
+    run = run_graph(graph)
+    assert run.success, run.error()
+    saved = run.outputs["4"]["latents"][0]
+    path = f"{folder_paths.get_output_directory()}/{saved['subfolder']}/{saved['filename']}"
+    return safetensors.torch.load_file(path)["latent_tensor"]
+
+
+def reference(frames, fpb, overlap, cfg_min, cfg_max, steps=3, seed=5, model_seed=11, **variant):
+    model = tiny_svd_patcher(model_seed).model
+    positive, negative, _ = tiny_svd_conditioning(frames, 64, 64, seed=2)
+    embed, concat = positive[0][0], positive[0][1]["concat_latent_image"]
+    noise = torch.randn((frames, 4, 8, 8), generator=torch.manual_seed(seed))
+    sigmas = official_karras(steps)
+    with torch.no_grad():
+        return official_sample(model.diffusion_model, noise, sigmas, embed, concat, [6 - 1, 127, 0.0], fpb, overlap,
+                               cfg_min, cfg_max, **variant)
+
+
+def latent_out(x: torch.Tensor) -> torch.Tensor:
+    return x / 0.18215  # comfy SD15 latent format: process_latent_out divides by the scale factor
+
+
+@pytest.mark.parametrize("frames,fpb,overlap,cfg_min,cfg_max", [(7, 4, 2, 1.5, 3.0), (5, 8, 2, 3.0, 3.0)])
+def test_sampler_node_equals_official_loop(frames, fpb, overlap, cfg_min, cfg_max):
+    ours = run_sampler(frames, fpb, overlap, cfg_min, cfg_max)
+    ref = latent_out(reference(frames, fpb, overlap, cfg_min, cfg_max))
+    assert ours.shape == (frames, 4, 8, 8)
+    err = (ours - ref).abs().max() / ref.abs().max()
+    assert err < 1e-4, err
+
+
+def test_sampler_check_catches_wrong_window_math():
+    # the same comparison must fail for an anchor frame kept in the average or a ramp indexed by global frame
+    ours = run_sampler(7, 4, 2, 1.0, 6.0)
+    for variant in ({"keep_anchor": True}, {"global_ramp": True}):
+        wrong = latent_out(reference(7, 4, 2, 1.0, 6.0, **variant))
+        err = (ours - wrong).abs().max() / wrong.abs().max()
+        assert err > 1e-2, (variant, err)
+
+
+def test_sampler_is_deterministic_and_seed_dependent():
+    a = run_sampler(6, 4, 1, 2.0, 2.0, steps=2, seed=1)
+    b = run_sampler(6, 4, 1, 2.0, 2.0, steps=2, seed=1)
+    c = run_sampler(6, 4, 1, 2.0, 2.0, steps=2, seed=2)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_sampler_window_errors_are_clear():
+    graph = {
+        "1": {"class_type": "ControlNeXtTestTinySVD", "inputs": {"seed": 0}},
+        "2": {"class_type": "ControlNeXtTestTinySVDConditioning",
+              "inputs": {"frames": 8, "width": 64, "height": 64, "seed": 0}},
+        "3": {"class_type": "ControlNeXtSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent_image": ["2", 2], "seed": 0,
+            "steps": 1, "cfg_min": 1.0, "cfg_max": 1.0, "frames_per_window": 4, "overlap": 4,
+            "sampler_name": "euler", "scheduler": "karras"}},
+        "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "cnx_err"}},
+    }
+    run = run_graph(graph)
+    assert not run.success
+    assert "overlap is 4 but must be" in run.error()["exception_message"]
+    graph["3"]["inputs"]["frames_per_window"] = 1
+    with pytest.raises(GraphInvalid):  # below the input's min: refused by ComfyUI's validation before running
+        run_graph(graph)
