@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .dwpose_nodes import ControlNeXtDWPoseLoader, ControlNeXtExtractPoses
 from .environment import ControlNeXtEnvironmentInfo
 from .paths import register_model_folders
 from .sampler_node import ControlNeXtSampler
@@ -12,6 +13,8 @@ register_model_folders()  # a dict update: listing files happens only when a nod
 
 NODES: list[type[io.ComfyNode]] = [
     ControlNeXtEnvironmentInfo,
+    ControlNeXtDWPoseLoader,
+    ControlNeXtExtractPoses,
     ControlNeXtSampler,
 ]
 
