@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .conditioning_nodes import ControlNeXtDecode, ControlNeXtSVDConditioning
 from .dwpose_nodes import ControlNeXtDWPoseLoader, ControlNeXtExtractPoses
 from .environment import ControlNeXtEnvironmentInfo
 from .paths import register_model_folders
@@ -16,6 +17,8 @@ NODES: list[type[io.ComfyNode]] = [
     ControlNeXtDWPoseLoader,
     ControlNeXtExtractPoses,
     ControlNeXtSampler,
+    ControlNeXtSVDConditioning,
+    ControlNeXtDecode,
 ]
 
 

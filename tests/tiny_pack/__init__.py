@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .tiny_svd import tiny_svd_conditioning, tiny_svd_patcher
+from .tiny_vae_clip_nodes import ControlNeXtTestTinyCLIPVision, ControlNeXtTestTinyVAE
 
 
 class ControlNeXtTestTinySVD(io.ComfyNode):
@@ -47,7 +48,8 @@ class ControlNeXtTestTinySVDConditioning(io.ComfyNode):
 
 class TestNodes(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ControlNeXtTestTinySVD, ControlNeXtTestTinySVDConditioning]
+        return [ControlNeXtTestTinySVD, ControlNeXtTestTinySVDConditioning,
+                ControlNeXtTestTinyCLIPVision, ControlNeXtTestTinyVAE]
 
 
 async def comfy_entrypoint() -> TestNodes:
