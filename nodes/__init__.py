@@ -8,6 +8,7 @@ from .conditioning_nodes import ControlNeXtDecode, ControlNeXtSVDConditioning
 from .dwpose_nodes import ControlNeXtDWPoseLoader, ControlNeXtExtractPoses
 from .environment import ControlNeXtEnvironmentInfo
 from .paths import register_model_folders
+from .pose_nodes import ControlNeXtAlignPoses, ControlNeXtDrawPoses, ControlNeXtPosesForAnimation
 from .sampler_node import ControlNeXtSampler
 
 register_model_folders()  # a dict update: listing files happens only when a node's inputs are asked for
@@ -16,6 +17,9 @@ NODES: list[type[io.ComfyNode]] = [
     ControlNeXtEnvironmentInfo,
     ControlNeXtDWPoseLoader,
     ControlNeXtExtractPoses,
+    ControlNeXtAlignPoses,
+    ControlNeXtDrawPoses,
+    ControlNeXtPosesForAnimation,
     ControlNeXtSampler,
     ControlNeXtSVDConditioning,
     ControlNeXtDecode,
