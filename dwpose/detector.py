@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 DET_SIZE = 640
@@ -15,6 +14,7 @@ PERSON_SCORE = 0.3
 
 def letterbox(image: np.ndarray, size: int = DET_SIZE) -> tuple[np.ndarray, float]:
     """RGB uint8 HxWx3 -> (1,3,size,size) float32 and the ratio r; resized top-left on a 114 canvas, no /255."""
+    import cv2  # imported on first use: cv2 costs ~0.4 s, and the pack imports in milliseconds
     h, w = image.shape[:2]
     r = min(size / h, size / w)
     resized = cv2.resize(image, (int(w * r), int(h * r)), interpolation=cv2.INTER_LINEAR).astype(np.uint8)

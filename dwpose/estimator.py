@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 POSE_W, POSE_H = 288, 384
@@ -25,6 +24,7 @@ def box_center_scale(box: np.ndarray, size: tuple[int, int] = (POSE_W, POSE_H)) 
 def crop(image: np.ndarray, center: np.ndarray, scale: np.ndarray,
          size: tuple[int, int] = (POSE_W, POSE_H)) -> np.ndarray:
     """The normalised CHW float32 crop: centre -> crop centre, uniform scale size/scale, black border."""
+    import cv2  # imported on first use: cv2 costs ~0.4 s, and the pack imports in milliseconds
     k = size[0] / scale[0]
     mat = np.array([[k, 0.0, size[0] / 2 - k * center[0]], [0.0, k, size[1] / 2 - k * center[1]]])
     warped = cv2.warpAffine(image, mat, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -67,3 +67,20 @@ def test_native_ksampler_runs_a_tiny_svd_graph_deterministically():
     assert results[0].shape == (4, 4, 8, 8)
     assert torch.isfinite(results[0]).all() and results[0].abs().max() > 0
     assert torch.equal(results[0], results[1])
+
+
+def test_importing_the_pack_loads_no_heavy_modules(tmp_path):
+    """ComfyUI imports every pack at start-up: ours must not pull in cv2, onnxruntime or model code there."""
+    import json
+    import subprocess
+
+    (tmp_path / "custom_nodes").mkdir()
+    pack = tmp_path / "custom_nodes" / "controlnext-svd"
+    pack.symlink_to(ROOT, target_is_directory=True)
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "import_probe.py"), str(COMFY), str(tmp_path),
+                          str(pack)], capture_output=True, text=True, timeout=300, cwd=COMFY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["ok"]
+    heavy = {"cv2", "onnxruntime", "onnx", "diffusers", "scipy", "huggingface_hub"}
+    assert not heavy.intersection(report["added_top_level_modules"]), report
