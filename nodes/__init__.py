@@ -10,6 +10,7 @@ from .environment import ControlNeXtEnvironmentInfo
 from .paths import register_model_folders
 from .pose_nodes import ControlNeXtAlignPoses, ControlNeXtDrawPoses, ControlNeXtPosesForAnimation
 from .sampler_node import ControlNeXtSampler
+from .unet_loader_node import ControlNeXtUNetLoader
 
 register_model_folders()  # a dict update: listing files happens only when a node's inputs are asked for
 
@@ -20,6 +21,7 @@ NODES: list[type[io.ComfyNode]] = [
     ControlNeXtAlignPoses,
     ControlNeXtDrawPoses,
     ControlNeXtPosesForAnimation,
+    ControlNeXtUNetLoader,
     ControlNeXtSampler,
     ControlNeXtSVDConditioning,
     ControlNeXtDecode,
