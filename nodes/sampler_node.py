@@ -29,7 +29,8 @@ class ControlNeXtSampler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The ControlNeXt UNet with ControlNeXtApply attached (a plain SVD "
                                "model also works: windows without pose control)."),
-                io.Conditioning.Input("positive", tooltip="From ControlNeXtSVDConditioning (or SVD_img2vid_Conditioning)."),
+                io.Conditioning.Input("positive",
+                                      tooltip="From ControlNeXtSVDConditioning (or SVD_img2vid_Conditioning)."),
                 io.Conditioning.Input("negative", tooltip="From the same conditioning node."),
                 io.Latent.Input("latent_image", tooltip="The empty video latent: one frame per pose image, frame 0 "
                                 "being the reference pose's frame."),

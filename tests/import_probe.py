@@ -12,9 +12,8 @@ import comfy.options  # noqa: E402
 comfy.options.enable_args_parsing()
 sys.argv = ["main.py", "--cpu", "--base-directory", base_dir, "--disable-api-nodes", "--database-url",
             "sqlite:///:memory:"]
-from comfy.cli_args import args  # noqa: E402,F401
-
 import utils.extra_config  # noqa: E402,F401
+from comfy.cli_args import args  # noqa: E402,F401
 
 # isort: split
 import nodes  # noqa: E402

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 
+import comfy.samplers
+import folder_paths
 import pytest
 import safetensors.torch
 import torch
+
 from conftest import GraphInvalid, pack_import, run_graph
 from tiny_pack.tiny_svd import tiny_svd_conditioning, tiny_svd_patcher
-
-import comfy.samplers
-import folder_paths
 
 windows = pack_import("controlnext.windows")
 
@@ -63,7 +63,7 @@ def official_sample(unet, noise, sigmas, embed, concat, time_ids, fpb, overlap, 
             x_in = x_w / math.sqrt(sigma ** 2 + 1)
             t = torch.full((fpb,), 0.25 * math.log(sigma))
 
-            def v_pred(context, concat_latent):
+            def v_pred(context, concat_latent, x_in=x_in, t=t):
                 inp = torch.cat([x_in, concat_latent.expand(fpb, -1, -1, -1)], dim=1)
                 return unet(inp, t, context=context.expand(fpb, -1, -1), y=y.expand(fpb, -1),
                             num_video_frames=fpb, transformer_options={})
@@ -129,8 +129,6 @@ def test_window_settings_errors(frames, fpb, overlap, message):
 
 
 def test_comfy_karras_matches_official_schedule():
-    import comfy.model_sampling  # noqa: F401
-
     model = tiny_svd_patcher(0)
     ours = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 25)
     ref = official_karras(25)
