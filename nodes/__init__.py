@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .conditioning_nodes import ControlNeXtDecode, ControlNeXtSVDConditioning
+from .controlnext_nodes import ControlNeXtApply, ControlNeXtLoader
 from .dwpose_nodes import ControlNeXtDWPoseLoader, ControlNeXtExtractPoses
 from .environment import ControlNeXtEnvironmentInfo
 from .paths import register_model_folders
@@ -22,6 +23,8 @@ NODES: list[type[io.ComfyNode]] = [
     ControlNeXtDrawPoses,
     ControlNeXtPosesForAnimation,
     ControlNeXtUNetLoader,
+    ControlNeXtLoader,
+    ControlNeXtApply,
     ControlNeXtSampler,
     ControlNeXtSVDConditioning,
     ControlNeXtDecode,

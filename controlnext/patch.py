@@ -1,0 +1,229 @@
+"""The ControlNeXt-SVD v2 injection as a ComfyUI UNet patch (official unet_spatio_temporal_condition_controlnext.py).
+
+After input block 3 (the first downsample, i.e. after diffusers down_blocks[0]) and after its output was taken as a
+skip, each conditional chunk of h gets the cross-normalised, pooled control times 0.2*strength. The control network
+sees the poses at pixel resolution in [0,1] and the UNet's own timestep 0.25*ln(sigma).
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+import comfy.context_windows
+import comfy.model_patcher
+import comfy.patcher_extension
+import torch
+import torch.nn.functional as F
+
+from .controlnext_loader import ControlNeXtModel
+
+INJECT_BLOCK = ("input", 3)
+CONTROL_SCALE = 0.2  # official fixed factor; strength multiplies it
+CROSS_NORM_EPS = 1e-5
+COND = 0  # cond_or_uncond value of the positive (conditional) rows
+POSE_INDICES_KEY = "controlnext_pose_indices"  # set per window by ControlNeXtSampler; entry 0 = reference pose
+POSE_FRAMES_KEY = "controlnext_pose_frames"  # set here: the pose count, read by ControlNeXtSampler
+# Poses are cached on the compute device for one sampling run only if they are this small; else uploaded per call.
+DEVICE_CACHE_BYTES = 256 * 1024 * 1024
+
+
+class ControlNeXtPoseError(ValueError):
+    """Pose images that do not fit the latent being sampled."""
+
+
+def cross_normalize(control: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """Per frame, give control the mean/std of sample (unbiased std, eps added to the control's std)."""
+    mean_c = control.mean(dim=(1, 2, 3), keepdim=True)
+    std_c = control.std(dim=(1, 2, 3), keepdim=True)
+    mean_s = sample.mean(dim=(1, 2, 3), keepdim=True)
+    std_s = sample.std(dim=(1, 2, 3), keepdim=True)
+    return (control - mean_c) * std_s / (std_c + CROSS_NORM_EPS) + mean_s
+
+
+def inject(sample: torch.Tensor, control: torch.Tensor, scale: float) -> torch.Tensor:
+    """sample + pool(cross_normalize(control)) * scale; statistics are taken before pooling, as officially."""
+    control = cross_normalize(control.to(sample.dtype), sample)
+    control = F.adaptive_avg_pool2d(control, sample.shape[-2:])
+    return sample + control * scale
+
+
+def pose_indices(transformer_options: dict[str, Any], frames: int, pose_count: int) -> list[int] | None:
+    """Which pose frames this UNet call uses (None: all of them, in order)."""
+    if transformer_options.get(POSE_INDICES_KEY) is not None:
+        indices, source = [int(i) for i in transformer_options[POSE_INDICES_KEY]], "the ControlNeXt sampler window"
+    elif transformer_options.get("context_window") is not None:
+        indices, source = [int(i) for i in transformer_options["context_window"].index_list], "the context window"
+    else:
+        if pose_count != frames:
+            raise ControlNeXtPoseError(
+                f"ControlNeXtApply got {pose_count} pose images but the model is sampling {frames} frames. Give one "
+                "pose per video frame (frame 0 = reference pose), e.g. set video_frames in the conditioning node to "
+                f"{pose_count}, or use context windows / the ControlNeXt sampler for longer clips.")
+        return None
+    if len(indices) != frames:
+        raise ControlNeXtPoseError(
+            f"{source} lists {len(indices)} pose frames but the model call has {frames} frames.")
+    bad = [i for i in indices if not 0 <= i < pose_count]
+    if bad:
+        raise ControlNeXtPoseError(
+            f"{source} asks for pose frame {bad[0]} but ControlNeXtApply got only {pose_count} pose images: give one "
+            "pose per latent frame.")
+    return indices
+
+
+def frame_sigmas(sigmas: torch.Tensor, frames: int) -> torch.Tensor:
+    """The per-frame sigma vector of one chunk (ComfyUI passes one sigma per frame, or a single one)."""
+    sigmas = sigmas.reshape(-1)
+    if sigmas.numel() == 1:
+        return sigmas.expand(frames)
+    if sigmas.numel() % frames == 0:
+        return sigmas[:frames]  # every cond/uncond chunk shares the frames' sigmas
+    raise ControlNeXtPoseError(f"ControlNeXt patch: got {sigmas.numel()} sigmas for {frames} frames per chunk.")
+
+
+class ControlNeXtPatch:
+    """input_block_patch_after_skip callable. Stateless between runs except a per-run device copy of the poses."""
+
+    def __init__(self, network: torch.nn.Module, base_model: Any, poses: torch.Tensor, strength: float,
+                 start_percent: float = 0.0, end_percent: float = 1.0) -> None:
+        self.network = network
+        self.base_model = base_model  # read .model_sampling at call time: object patches (ModelSampling*) apply
+        self.poses = poses  # (N, 3, H, W) [0,1] on the CPU
+        self.strength = float(strength)
+        self.start_percent = float(start_percent)
+        self.end_percent = float(end_percent)
+        self._device_poses: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> ControlNeXtPatch:
+        return self  # ModelPatcher.clone deep-copies model_options; never copy the network or the poses
+
+    def release(self, *_: Any) -> None:
+        """Drop the per-run device copy of the poses (ModelPatcher ON_CLEANUP callback)."""
+        self._device_poses = None
+
+    def _poses_on(self, device: torch.device, dtype: torch.dtype, indices: list[int] | None) -> torch.Tensor:
+        cached = self._device_poses
+        if cached is None or cached.device != device or cached.dtype != dtype:
+            if self.poses.numel() * dtype.itemsize > DEVICE_CACHE_BYTES and device.type != "cpu":
+                selected = self.poses if indices is None else self.poses[indices]
+                return selected.to(device=device, dtype=dtype, non_blocking=True)
+            cached = self._device_poses = self.poses.to(device=device, dtype=dtype)
+        return cached if indices is None else cached[indices]
+
+    def _active(self, sigmas: torch.Tensor) -> bool:
+        if self.start_percent <= 0.0 and self.end_percent >= 1.0:
+            return True  # default range: no host sync needed
+        sampling = self.base_model.model_sampling
+        sigma = float(sigmas.reshape(-1)[0])
+        return sampling.percent_to_sigma(self.end_percent) <= sigma <= sampling.percent_to_sigma(self.start_percent)
+
+    def __call__(self, h: torch.Tensor, transformer_options: dict[str, Any]) -> torch.Tensor:
+        if transformer_options.get("block") != INJECT_BLOCK or self.strength == 0.0:
+            return h
+        cond_or_uncond = list(transformer_options.get("cond_or_uncond", [COND]))
+        if COND not in cond_or_uncond or not self._active(transformer_options["sigmas"]):
+            return h
+        chunks = len(cond_or_uncond)
+        if h.shape[0] % chunks:
+            raise ControlNeXtPoseError(f"ControlNeXt patch: {h.shape[0]} rows do not split into {chunks} chunks.")
+        frames = h.shape[0] // chunks
+        self._check_size(transformer_options)
+        indices = pose_indices(transformer_options, frames, self.poses.shape[0])
+        poses = self._poses_on(h.device, h.dtype, indices)
+        timestep = self.base_model.model_sampling.timestep(frame_sigmas(transformer_options["sigmas"], frames))
+        control = self.network(poses, timestep.to(h.device))
+        scale = CONTROL_SCALE * self.strength
+        # Never in place: h is also the skip connection appended just before this patch.
+        parts = [inject(part, control, scale) if kind == COND else part
+                 for part, kind in zip(h.chunk(chunks), cond_or_uncond, strict=True)]
+        return torch.cat(parts)
+
+    def _check_size(self, transformer_options: dict[str, Any]) -> None:
+        shape = transformer_options.get("original_shape")
+        if shape is None:
+            return
+        latent_px = (int(shape[-2]) * 8, int(shape[-1]) * 8)
+        pose_px = tuple(self.poses.shape[-2:])
+        if pose_px != latent_px:
+            raise ControlNeXtPoseError(
+                f"The pose images are {pose_px[1]}x{pose_px[0]} px but the video being sampled is {latent_px[1]}x"
+                f"{latent_px[0]} px (latent x8). Resize the poses to the generation size (or generate at the pose "
+                "size).")
+
+
+class SVDIndexListContextHandler(comfy.context_windows.IndexListContextHandler):
+    """ComfyUI 0.3.75's handler compares the whole per-frame sigma vector with the schedule and crashes for SVD,
+    where the frames are the batch; all frames share one sigma, so matching its first entry is exact."""
+
+    def set_step(self, timestep: torch.Tensor, model_options: dict[str, Any]) -> None:
+        super().set_step(timestep.reshape(-1)[:1], model_options)
+
+
+def fix_context_handler(model_options: dict[str, Any]) -> None:
+    """Swap a stock IndexListContextHandler (ContextWindowsManual) for the SVD-safe subclass, in this dict only."""
+    handler = model_options.get("context_handler")
+    if type(handler) is comfy.context_windows.IndexListContextHandler:
+        fixed = copy.copy(handler)
+        fixed.__class__ = SVDIndexListContextHandler
+        model_options["context_handler"] = fixed
+
+
+def _outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
+    # Runs per sampling call on the guider's per-run model_options copy, so ContextWindowsManual may come after
+    # ControlNeXtApply in the graph and the user's MODEL is not modified.
+    model_options = getattr(executor.class_obj, "model_options", None)
+    if isinstance(model_options, dict):
+        fix_context_handler(model_options)
+    return executor(*args, **kwargs)
+
+
+def unet_width_at_injection(base_model: Any) -> int | None:
+    """Channels of h after input block 3 (model_channels * channel_mult[0]), if the config says."""
+    cfg = getattr(getattr(base_model, "model_config", None), "unet_config", {}) or {}
+    if "model_channels" not in cfg:
+        return None
+    return int(cfg["model_channels"]) * int((cfg.get("channel_mult") or [1])[0])
+
+
+def compute_dtype(model: comfy.model_patcher.ModelPatcher) -> torch.dtype:
+    """The dtype the UNet computes in (its manual-cast dtype for fp8/low-precision storage)."""
+    return getattr(model.model, "manual_cast_dtype", None) or model.model_dtype() or torch.float32
+
+
+def apply_controlnext(model: comfy.model_patcher.ModelPatcher, controlnext: ControlNeXtModel,
+                      pose_images: torch.Tensor, strength: float = 1.0, start_percent: float = 0.0,
+                      end_percent: float = 1.0) -> comfy.model_patcher.ModelPatcher:
+    """A clone of `model` with the ControlNeXt injection and the control network as a managed additional model.
+
+    pose_images: ComfyUI IMAGE (N, H, W, C) in [0,1], frame 0 = the reference pose, at the generation size.
+    """
+    if pose_images.ndim != 4 or pose_images.shape[-1] < 3 or pose_images.shape[0] == 0:
+        raise ControlNeXtPoseError(
+            f"pose_images must be a batch of RGB images (N, H, W, 3); got shape {tuple(pose_images.shape)}.")
+    height, width = pose_images.shape[1:3]
+    if height % 8 or width % 8:
+        raise ControlNeXtPoseError(
+            f"The pose images are {width}x{height} px; ControlNeXt needs the generation size, a multiple of 8 "
+            "(64 for the official UNet). Resize the poses and the reference image to e.g. 576x1024.")
+    width_needed = unet_width_at_injection(model.model)
+    if width_needed is not None and width_needed != controlnext.output_channels:
+        raise ControlNeXtPoseError(
+            f"{controlnext.name} outputs {controlnext.output_channels} channels but this UNet has {width_needed} "
+            "at input block 3. ControlNeXt-SVD v2 goes with the ControlNeXt SVD(-XT) UNet (320).")
+    poses = pose_images[..., :3].movedim(-1, 1).contiguous()  # (N, 3, H, W), [0,1] as the official pipeline
+    patcher = controlnext.patcher(compute_dtype(model))
+    patch = ControlNeXtPatch(patcher.model, model.model, poses, strength, start_percent, end_percent)
+    patched = model.clone()
+    patched.set_model_input_block_patch_after_skip(patch)
+    # One key per application, so two ControlNeXtApply in a chain keep both networks managed.
+    key = f"controlnext_{uuid.uuid4().hex[:8]}"
+    patched.set_additional_models(key, [patcher])
+    patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, key, patch.release)
+    wrappers = patched.wrappers.get(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, {})
+    if "controlnext_context_windows" not in wrappers:
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "controlnext_context_windows",
+                                     _outer_sample_wrapper)
+    patched.model_options["transformer_options"][POSE_FRAMES_KEY] = int(poses.shape[0])
+    return patched
