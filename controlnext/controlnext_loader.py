@@ -20,7 +20,7 @@ import comfy.ops
 import safetensors.torch
 import torch
 
-from .detect import WeightKind, describe_weights, identify_weights
+from .detect import WeightKind, describe_weights, identify_weights, key_mismatches
 from .network import ControlNeXtConfig, ControlNeXtSVD
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,7 @@ def check_controlnext_state_dict(sd: Mapping[str, Any], name: str) -> ControlNeX
         raise ControlNeXtWeightsError(
             f"{name} is {what}, not a ControlNeXt-SVD v2 control network (its keys do not match the official 52).")
     expected = ControlNeXtSVD(ControlNeXtConfig.from_state_dict(sd), operations=_MetaOps).state_dict()
-    missing = [k for k in expected if k not in sd]
-    unknown = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    missing, unknown, wrong = key_mismatches(expected, sd)
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")

@@ -91,3 +91,15 @@ def identify_weights(sd: Mapping[str, Any]) -> WeightKind:
         svd = any(m in k for k in keys for m in _DIFFUSERS_TEMPORAL)
         return WeightKind.SVD_UNET_DIFFUSERS if svd else WeightKind.OTHER_UNET
     return WeightKind.UNKNOWN
+
+
+def key_mismatches(expected: Mapping[str, Any], sd: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(missing keys, unknown keys, "key (shape) vs (expected shape)" for wrong shapes) of sd against expected.
+
+    Both only need `.shape`, so meta tensors and lazily read files work.
+    """
+    missing = [k for k in expected if k not in sd]
+    unknown = [k for k in sd if k not in expected]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    return missing, unknown, wrong

@@ -24,7 +24,7 @@ import comfy.utils
 import safetensors
 import torch
 
-from .detect import COMFY_UNET_PREFIX, WeightKind, describe_weights, identify_weights
+from .detect import COMFY_UNET_PREFIX, WeightKind, describe_weights, identify_weights, key_mismatches
 from .unet_keys import diffusers_to_comfy_keys
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,7 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], name: str) -> dict[str, An
 
 def _check_coverage(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], name: str, kind: WeightKind) -> None:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in sd and sd[k].shape != v.shape]
+    missing, unexpected, wrong = key_mismatches(expected, sd)
     if not (missing or unexpected or wrong):
         return
     parts = []
