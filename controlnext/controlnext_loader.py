@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
-import safetensors.torch
 import torch
 
+from . import weights_file
 from .detect import WeightKind, describe_weights, identify_weights, key_mismatches
 from .network import ControlNeXtConfig, ControlNeXtSVD
 
@@ -35,23 +33,9 @@ class ControlNeXtWeightsError(ValueError):
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a torch pickle (weights_only=True: no code runs from the file)."""
-    if path.lower().endswith((".safetensors", ".sft")):
-        return safetensors.torch.load_file(path, device="cpu")
-    try:
-        # mmap avoids a second copy in RAM; only zip-format pickles (torch >= 1.6) can be mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        raise ControlNeXtWeightsError(
-            f"{os.path.basename(path)} could not be read as a tensor-only torch file ({e}). Use the official "
-            "controlnet.bin or the fp16 .safetensors; other pickles are not loaded for safety.") from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ControlNeXtWeightsError(
-            f"{os.path.basename(path)}: this pickle does not hold a plain state dict of tensors, so it is not a "
-            "ControlNeXt-SVD v2 control network. Use the official ControlNeXt-SVD/v2/controlnet.bin or "
-            "controlnext-svd_v2-controlnet-fp16.safetensors.")
-    return dict(obj)
+    return weights_file.read_state_dict(
+        path, os.path.basename(path), ControlNeXtWeightsError,
+        "Use the official ControlNeXt-SVD/v2/controlnet.bin or controlnext-svd_v2-controlnet-fp16.safetensors.")
 
 
 def check_controlnext_state_dict(sd: Mapping[str, Any], name: str) -> ControlNeXtConfig:

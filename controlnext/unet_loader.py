@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,9 +19,9 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models
 import comfy.utils
-import safetensors
 import torch
 
+from . import weights_file
 from .detect import COMFY_UNET_PREFIX, WeightKind, describe_weights, identify_weights, key_mismatches
 from .unet_keys import diffusers_to_comfy_keys
 
@@ -36,7 +34,6 @@ WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
     "bf16": torch.bfloat16,
 }
 HEAD_WIDTH = 64  # ComfyUI's SVD config (num_head_channels); not stored in the weights
-_SAFETENSORS_EXTS = (".safetensors", ".sft")
 _EXPECTED = (
     "Expected the ControlNeXt-SVD v2 UNet: the official unet.bin (Pbihao/ControlNeXt, ControlNeXt-SVD/v2) or "
     "controlnext-svd_v2-unet-fp16.safetensors / controlnext-svd_v2-unet-fp16_converted.safetensors "
@@ -53,40 +50,9 @@ def _examples(keys: list[str], n: int = 3) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def _load_pickle(path: str, name: str) -> Any:
-    # weights_only: never run arbitrary pickled code. mmap (zip format only): tensors stay in the page cache, so a
-    # 6 GB fp32 file is not held twice in RAM while it is copied into the model.
-    mmap = zipfile.is_zipfile(path)
-    if not mmap:
-        log.warning("%s is not a zip-format torch file (old torch.save format?): it cannot be memory-mapped and is "
-                    "read fully into RAM", name)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        raise UNetLoadError(
-            f"{name} is not a plain tensor file: torch refused to load it with weights_only=True (it contains Python "
-            f"objects, which this pack never unpickles, or it is not a torch file). {_EXPECTED}\n({e})"
-        ) from e
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise UNetLoadError(f"{name} could not be read as a torch file (corrupt or incomplete download?). "
-                            f"{_EXPECTED}\n({e})") from e
-
-
 def read_state_dict(path: str, name: str | None = None) -> dict[str, torch.Tensor]:
     """The file's tensors, memory-mapped where the format allows (safetensors always, torch zip pickles)."""
-    name = name or os.path.basename(path)
-    if path.lower().endswith(_SAFETENSORS_EXTS):
-        try:
-            return comfy.utils.load_torch_file(path)
-        except (safetensors.SafetensorError, ValueError, OSError) as e:
-            raise UNetLoadError(f"{name} could not be read as a safetensors file (corrupt or incomplete download, or "
-                                f"another format renamed .safetensors?). {_EXPECTED}\n({e})") from e
-    obj = _load_pickle(path, name)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # training checkpoints wrap the weights
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UNetLoadError(f"{name} holds a {type(obj).__name__} that is not a state dict of tensors. {_EXPECTED}")
-    return dict(obj)
+    return weights_file.read_state_dict(path, name or os.path.basename(path), UNetLoadError, _EXPECTED)
 
 
 def _refusal(kind: WeightKind, name: str) -> str:
