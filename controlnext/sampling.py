@@ -74,6 +74,10 @@ class ControlNeXtGuider(comfy.samplers.CFGGuider):
         # Conditions are encoded for one window: SVD's num_video_frames and the repeated concat latent follow the
         # frame count of the noise they are built with, and every window has the same length.
         n = self.windows[0].length
+        # per-run constants, moved to the device once rather than at every step and window
+        shape = (-1, *([1] * (noise.ndim - 1)))
+        self._count = coverage(self.windows, noise.shape[0]).to(device, torch.float32).view(shape)
+        self._ramp = cfg_ramp(self.cfg_min, self.cfg_max, n).to(device).view(shape)
         self.conds = comfy.samplers.process_conds(
             self.inner_model, noise[:n], self.conds, device, latent_image[:n],
             None if denoise_mask is None else denoise_mask[:n], seed)
@@ -94,7 +98,6 @@ class ControlNeXtGuider(comfy.samplers.CFGGuider):
         negative = self.conds.get("negative")
         use_cfg = not (self.cfg_min == 1.0 and self.cfg_max == 1.0)
         total = torch.zeros_like(x, dtype=torch.float32)
-        count = coverage(self.windows, x.shape[0]).to(x.device, torch.float32).view(-1, *([1] * (x.ndim - 1)))
         for window in self.windows:
             comfy.model_management.throw_exception_if_processing_interrupted()
             frames = slice(window.start, window.start + window.length)
@@ -109,11 +112,9 @@ class ControlNeXtGuider(comfy.samplers.CFGGuider):
                                              "cond_scale": self.cfg_max, "timestep": t_w, "input": x_w,
                                              "sigma": t_w, "model": self.inner_model, "model_options": options})
             if use_cfg:
-                scale = cfg_ramp(self.cfg_min, self.cfg_max, window.length).to(x.device)
-                scale = scale.view(-1, *([1] * (x.ndim - 1)))
-                denoised = uncond_pred + (cond_pred - uncond_pred) * scale
+                denoised = uncond_pred + (cond_pred - uncond_pred) * self._ramp
             else:
                 denoised = cond_pred
             kept = window.kept
             total[window.start + kept.start: window.start + kept.stop] += denoised[kept].float()
-        return (total / count).to(x.dtype)
+        return (total / self._count).to(x.dtype)
