@@ -10,6 +10,7 @@ import comfy.utils
 import torch
 from comfy_api.v0_0_2 import io, ui
 
+from ..controlnext.conditioning import check_video_size
 from ..controlnext.image_fit import fit_reference
 from ..dwpose.align import (
     FIT_FRAME_CHOICES,
@@ -87,16 +88,6 @@ def _reference_frame(data: object) -> PoseFrame:
     if len(frames) > 1:
         log.warning("ControlNeXt AlignPoses: the reference has %d frames; using the first", len(frames))
     return frames[0]
-
-
-def check_generation_size(width: int, height: int) -> None:
-    """ControlNeXt-SVD needs sizes that are multiples of 64 (the UNet halves the latent three times)."""
-    bad = [f"{name} {v}" for name, v in (("width", width), ("height", height)) if v < SIZE_STEP or v % SIZE_STEP]
-    if bad:
-        def near(v: int) -> int:
-            return max(SIZE_STEP, round(v / SIZE_STEP) * SIZE_STEP)
-        raise ValueError(f"{' and '.join(bad)} must be a multiple of {SIZE_STEP} for ControlNeXt-SVD generation "
-                         f"(e.g. {near(width)}x{near(height)}; the official size is 576x1024)")
 
 
 class ControlNeXtAlignPoses(io.ComfyNode):
@@ -209,7 +200,7 @@ class ControlNeXtPosesForAnimation(io.ComfyNode):
     def execute(cls, dwpose: object, reference: torch.Tensor, driving_frames: torch.Tensor, width: int, height: int,
                 include_body: bool = True, include_hand: bool = True, include_face: bool = True,
                 **kwargs: object) -> io.NodeOutput:
-        check_generation_size(width, height)
+        check_video_size(width, height)
         opts = _options(kwargs)
         if reference.shape[0] > 1:
             log.warning("ControlNeXt PosesForAnimation: %d reference images; using the first", reference.shape[0])

@@ -567,9 +567,9 @@ def test_draw_node_scales_each_frame_canvas_to_the_output_size(caplog):
 
 
 def test_generation_size_must_be_a_multiple_of_64():
-    pose_nodes.check_generation_size(576, 1024)
-    with pytest.raises(ValueError, match=r"width 570 must be a multiple of 64 .*e\.g\. 576x1024"):
-        pose_nodes.check_generation_size(570, 1024)
+    pose_nodes.check_video_size(576, 1024)
+    with pytest.raises(ValueError, match=r"multiples of 64, got width 570 \(nearby sizes that work: 512 or 576\)"):
+        pose_nodes.check_video_size(570, 1024)
 
 
 FAKE = Path(__file__).resolve().parent / "tiny_pack" / "fake_dwpose.py"
@@ -656,4 +656,4 @@ def test_poses_for_animation_graph_matches_the_official_pipeline(fake_dwpose_fil
 
     graph["6"]["inputs"]["width"] = 570
     run = run_graph(graph)
-    assert not run.success and "width 570 must be a multiple of 64" in run.error()["exception_message"]
+    assert not run.success and "got width 570 (nearby sizes that work: 512 or 576)" in run.error()["exception_message"]
