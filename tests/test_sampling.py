@@ -44,10 +44,11 @@ def svd_added_time_embedding(ids: list[float]) -> torch.Tensor:
 
 
 def official_sample(unet, noise, sigmas, embed, concat, time_ids, fpb, overlap, g_min, g_max,
-                    keep_anchor=False, global_ramp=False):
+                    keep_anchor=False, global_ramp=False, control=None, own_anchor_pose=False):
     """The official denoising loop: per window CFG on v with a ramp, one Euler step, average the stepped latents.
 
-    keep_anchor and global_ramp are deliberately wrong variants (sensitivity checks), False for the official loop.
+    control(window_poses_indices, sigma) -> an input_block_patch_after_skip for the conditional pass, or None.
+    keep_anchor, global_ramp and own_anchor_pose are deliberately wrong variants (sensitivity checks).
     """
     frames = noise.shape[0]
     fpb = min(fpb, frames)
@@ -63,12 +64,15 @@ def official_sample(unet, noise, sigmas, embed, concat, time_ids, fpb, overlap, 
             x_in = x_w / math.sqrt(sigma ** 2 + 1)
             t = torch.full((fpb,), 0.25 * math.log(sigma))
 
-            def v_pred(context, concat_latent, x_in=x_in, t=t):
+            def v_pred(context, concat_latent, patch=None, x_in=x_in, t=t):
                 inp = torch.cat([x_in, concat_latent.expand(fpb, -1, -1, -1)], dim=1)
+                options = {"patches": {"input_block_patch_after_skip": [patch]}} if patch else {}
                 return unet(inp, t, context=context.expand(fpb, -1, -1), y=y.expand(fpb, -1),
-                            num_video_frames=fpb, transformer_options={})
+                            num_video_frames=fpb, transformer_options=options)
 
-            v_c = v_pred(embed, concat)
+            # control_w = control[s:s+fpb] with its frame 0 replaced by the reference pose (pose 0)
+            pose_idx = list(range(s, s + fpb)) if own_anchor_pose else [0, *range(s + 1, s + fpb)]
+            v_c = v_pred(embed, concat, control(pose_idx, sigma) if control else None)
             v_u = v_pred(torch.zeros_like(embed), torch.zeros_like(concat))
             g = torch.linspace(g_min, g_max, fpb).view(-1, 1, 1, 1)
             if global_ramp:
@@ -214,3 +218,61 @@ def test_sampler_window_errors_are_clear():
     graph["3"]["inputs"]["frames_per_window"] = 1
     with pytest.raises(GraphInvalid):  # below the input's min: refused by ComfyUI's validation before running
         run_graph(graph)
+
+
+# ---- windows and the control path together ----------------------------------------------------------------------
+
+def test_windowed_sampling_with_control_equals_official_loop():
+    """The pack's guider + ControlNeXtApply against the official loop with an independently written control
+    injection (network layer by layer, cross-normalisation, pooling, 0.2): the reference pose anchors every window."""
+    import torch.nn.functional as F
+    from test_controlnext_network import ref_controlnext
+    from test_patch import SD, controlnext_model, damp_skips, make_poses
+
+    patch_mod = pack_import("controlnext.patch")
+    guider_cls = pack_import("controlnext.sampling").ControlNeXtGuider
+    frames, fpb, overlap, steps, g_min, g_max = 7, 4, 2, 2, 1.5, 3.0
+    svd = tiny_svd_patcher(seed=0)
+    damp_skips(svd.model.diffusion_model, 0.1)  # so the control visibly moves the result (see test_patch)
+    poses = make_poses(frames, 64, seed=4)
+    positive, negative, latent = tiny_svd_conditioning(frames, 64, 64, seed=2)
+    noise = torch.randn((frames, 4, 8, 8), generator=torch.manual_seed(5))
+    sigmas = official_karras(steps)
+
+    def sample(model):
+        guider = guider_cls(model, fpb, overlap, g_min, g_max)
+        guider.set_conds(positive, negative)
+        return guider.sample(noise, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas,
+                             disable_pbar=True, seed=5)
+
+    ours = sample(patch_mod.apply_controlnext(svd, controlnext_model(), poses, strength=1.0))
+    plain = sample(svd)
+
+    def control(pose_idx, sigma):
+        c = ref_controlnext(SD, poses.movedim(-1, 1)[pose_idx][None], torch.tensor([0.25 * math.log(sigma)]))
+
+        def patch(h, to):
+            if to["block"] != ("input", 3):
+                return h
+            cc = (c - c.mean((1, 2, 3), keepdim=True)) / (c.std((1, 2, 3), keepdim=True) + 1e-5)
+            cc = cc * h.std((1, 2, 3), keepdim=True) + h.mean((1, 2, 3), keepdim=True)
+            return h + F.adaptive_avg_pool2d(cc, h.shape[-2:]) * 0.2
+
+        return patch
+
+    def reference(**variant):
+        with torch.no_grad():
+            x = official_sample(svd.model.diffusion_model, noise, sigmas, positive[0][0],
+                                positive[0][1]["concat_latent_image"], [6 - 1, 127, 0.0], fpb, overlap, g_min, g_max,
+                                control=control, **variant)
+        return latent_out(x)
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    # float32 agreement measured at 5e-5 (two Euler steps amplify the per-call ~5e-6); the wrong anchoring differs
+    # by 7.7e-3, and the control itself moves the result by 0.39
+    ref = reference()
+    assert rel(ours, ref) < 2e-4
+    assert rel(plain, ref) > 0.05
+    assert rel(ours, reference(own_anchor_pose=True)) > 2e-3  # windows not anchored by the reference pose
