@@ -8,6 +8,8 @@ Euler, and lets every other ComfyUI sampler, scheduler, preview and interruption
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.sampler_helpers
@@ -15,6 +17,8 @@ import comfy.samplers
 import torch
 
 from .windows import Window, cfg_ramp, coverage, plan_windows
+
+log = logging.getLogger(__name__)
 
 POSE_INDICES_KEY = "controlnext_pose_indices"  # transformer_options entry read by the ControlNeXt patch
 POSE_FRAMES_KEY = "controlnext_pose_frames"  # transformer_options entry set by ControlNeXtApply: pose count
@@ -45,6 +49,9 @@ class ControlNeXtGuider(comfy.samplers.CFGGuider):
     def outer_sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                      disable_pbar=False, seed=None, latent_shapes=None):
         self.windows = self.plan(noise.shape[0])
+        if "sampler_cfg_function" in self.model_options:
+            log.warning("ControlNeXtSampler applies its own per-window CFG ramp (cfg_min..cfg_max); the CFG function "
+                        "patched into the model (e.g. VideoLinearCFGGuidance) is not used.")
         # Memory is planned for one window (x2 for cond/uncond), not the whole clip: a long video needs no more VRAM.
         window_shape = (self.windows[0].length, *noise.shape[1:])
         self.inner_model, self.conds, self.loaded_models = comfy.sampler_helpers.prepare_sampling(

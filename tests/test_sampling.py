@@ -276,3 +276,27 @@ def test_windowed_sampling_with_control_equals_official_loop():
     assert rel(ours, ref) < 2e-4
     assert rel(plain, ref) > 0.05
     assert rel(ours, reference(own_anchor_pose=True)) > 2e-3  # windows not anchored by the reference pose
+
+
+def test_model_cfg_functions_are_not_applied_and_say_so(caplog):
+    """VideoLinearCFGGuidance on the model would fight the per-window ramp: the sampler ignores it, with a warning."""
+    plain = run_sampler(5, 4, 1, 2.0, 2.0, steps=1)
+    graph_model = {"class_type": "VideoLinearCFGGuidance", "inputs": {"model": ["1", 0], "min_cfg": 1.0}}
+    graph = {
+        "1": {"class_type": "ControlNeXtTestTinySVD", "inputs": {"seed": 11}},
+        "1b": graph_model,
+        "2": {"class_type": "ControlNeXtTestTinySVDConditioning",
+              "inputs": {"frames": 5, "width": 64, "height": 64, "seed": 2}},
+        "3": {"class_type": "ControlNeXtSampler", "inputs": {
+            "model": ["1b", 0], "positive": ["2", 0], "negative": ["2", 1], "latent_image": ["2", 2], "seed": 5,
+            "steps": 1, "cfg_min": 2.0, "cfg_max": 2.0, "frames_per_window": 4, "overlap": 1,
+            "sampler_name": "euler", "scheduler": "karras"}},
+        "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "cnx_cfgfn"}},
+    }
+    with caplog.at_level("WARNING"):
+        run = run_graph(graph)
+    assert run.success, run.error()
+    saved = run.outputs["4"]["latents"][0]
+    path = f"{folder_paths.get_output_directory()}/{saved['subfolder']}/{saved['filename']}"
+    assert torch.equal(safetensors.torch.load_file(path)["latent_tensor"], plain)
+    assert "CFG function patched into the model" in caplog.text
