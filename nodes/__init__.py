@@ -10,6 +10,7 @@ from .dwpose_nodes import ControlNeXtDWPoseLoader, ControlNeXtExtractPoses
 from .environment import ControlNeXtEnvironmentInfo
 from .paths import register_model_folders
 from .pose_nodes import ControlNeXtAlignPoses, ControlNeXtDrawPoses, ControlNeXtPosesForAnimation
+from .preview_nodes import ControlNeXtPoseOverlay, ControlNeXtSideBySide
 from .sampler_node import ControlNeXtSampler
 from .unet_loader_node import ControlNeXtUNetLoader
 
@@ -28,6 +29,8 @@ NODES: list[type[io.ComfyNode]] = [
     ControlNeXtSampler,
     ControlNeXtSVDConditioning,
     ControlNeXtDecode,
+    ControlNeXtSideBySide,
+    ControlNeXtPoseOverlay,
 ]
 
 
