@@ -185,7 +185,8 @@ def batch_from_name(path: str) -> int | None:
 def load_model(path: str, provider: str = "auto", torchscript_batch: int | None = None) -> OnnxModel | TorchScriptModel:
     """Load a model file by its extension: .onnx with onnxruntime, anything else as TorchScript."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"DWPose model file not found: {path}. Download it from {source_hint(path)}.")
+        raise FileNotFoundError(f"DWPose model file not found: {path}. Download it from {source_hint(path)}, "
+                                "or run: python scripts/setup_models.py --download (from the node pack's folder).")
     if is_onnx(path):
         return OnnxModel(path, provider)
     return TorchScriptModel(path, torchscript_batch)

@@ -8,6 +8,7 @@ from .conditioning_nodes import ControlNeXtDecode, ControlNeXtSVDConditioning
 from .controlnext_nodes import ControlNeXtApply, ControlNeXtLoader
 from .dwpose_nodes import ControlNeXtDWPoseLoader, ControlNeXtExtractPoses
 from .environment import ControlNeXtEnvironmentInfo
+from .model_setup_node import ControlNeXtModelSetup
 from .paths import register_model_folders
 from .pose_nodes import ControlNeXtAlignPoses, ControlNeXtDrawPoses, ControlNeXtPosesForAnimation
 from .preview_nodes import ControlNeXtPoseOverlay, ControlNeXtSideBySide
@@ -18,6 +19,7 @@ register_model_folders()  # a dict update: listing files happens only when a nod
 
 NODES: list[type[io.ComfyNode]] = [
     ControlNeXtEnvironmentInfo,
+    ControlNeXtModelSetup,
     ControlNeXtDWPoseLoader,
     ControlNeXtExtractPoses,
     ControlNeXtAlignPoses,

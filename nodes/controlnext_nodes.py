@@ -6,6 +6,7 @@ import folder_paths
 from comfy_api.v0_0_2 import io
 
 from ..controlnext.controlnext_loader import ControlNeXtWeightsError, load_controlnext
+from ..controlnext.model_manifest import SETUP_HINT
 from ..controlnext.patch import apply_controlnext
 from .paths import CONTROLNEXT_FOLDER
 
@@ -44,7 +45,7 @@ class ControlNeXtLoader(io.ComfyNode):
         if path is None:
             raise ControlNeXtWeightsError(
                 f"{controlnext_name!r} was not found in models/controlnext (or its extra_model_paths.yaml folders): "
-                "put the control network file there and refresh the page.")
+                f"put the control network file there and refresh the page, {SETUP_HINT}.")
         return io.NodeOutput(load_controlnext(path))
 
 

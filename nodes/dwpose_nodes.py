@@ -9,6 +9,7 @@ import folder_paths
 import torch
 from comfy_api.v0_0_2 import io, ui
 
+from ..controlnext.model_manifest import SETUP_HINT
 from ..dwpose.backends import MODEL_SOURCES, PROVIDERS, source_hint
 from ..dwpose.keypoints import to_pose_keypoint
 from ..dwpose.pipeline import DWPose, images_to_uint8
@@ -39,7 +40,7 @@ def resolve_model_file(name: str) -> str:
         raise FileNotFoundError(
             f"DWPose model file '{name}' was not found in the dwpose model folder(s): {folders}. Download it from "
             f"{source_hint(name)} and put it there (or map 'dwpose' in extra_model_paths.yaml), then press R to "
-            "refresh the node's file list.")
+            f"refresh the node's file list; {SETUP_HINT}.")
     return path
 
 

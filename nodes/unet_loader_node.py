@@ -5,6 +5,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.v0_0_2 import io
 
+from ..controlnext.model_manifest import SETUP_HINT
 from ..controlnext.unet_loader import WEIGHT_DTYPES, UNetLoadError, load_controlnext_unet
 from .paths import CONTROLNEXT_FOLDER
 
@@ -25,7 +26,8 @@ def resolve_unet_path(unet_name: str) -> str:
         if path is not None:
             return path
     raise UNetLoadError(f"UNet file {unet_name!r} was not found in models/diffusion_models or models/controlnext "
-                        "(or their extra_model_paths.yaml folders): put it there and refresh the page.")
+                        "(or their extra_model_paths.yaml folders): put it there and refresh the page, "
+                        f"{SETUP_HINT}.")
 
 
 class ControlNeXtUNetLoader(io.ComfyNode):
