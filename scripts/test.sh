@@ -5,6 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash scripts/setup_host.sh
+bash scripts/setup_browser.sh
 .venv/bin/ruff check .
 # run the venv's pytest script, not `python -m pytest`: the latter puts this checkout on sys.path, where the pack's
 # nodes/ package would shadow ComfyUI's nodes module
