@@ -1,0 +1,140 @@
+"""scripts/render.py as users run it (a subprocess with the host's venv): --tiny on generated media and on the shared
+sample media, and the missing-models error. The runs start together (each boots its own ComfyUI, ~25 s here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, SHARED_MEDIA
+
+RENDER = ROOT / "scripts" / "render.py"
+DANCE_WORKFLOW = ROOT / "example_workflows" / "controlnext_svd_dance_video.json"
+REAL_MODELS = [  # what the example workflow loads; when all are installed the missing-models run cannot happen
+    ROOT / ".host" / "base" / "models" / "checkpoints" / "svd_xt_1_1.safetensors",
+]
+TIMEOUT = 240
+
+
+def write_synthetic_video(path: Path, frames: int = 8, width: int = 96, height: int = 128) -> None:
+    """A dark clip with a bright 'person' block moving right (the fake detector boxes bright pixels)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            img = np.full((height, width, 3), 30, np.uint8)
+            img[30:110, 20 + 4 * i:50 + 4 * i] = 240
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def decode(path: Path) -> tuple[int, int, int]:
+    """(frames, width, height) actually decoded from an mp4."""
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return len(frames), frames[0].shape[1], frames[0].shape[0]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(RENDER), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every render of this module, started at once, as {name: (Popen, out path)}."""
+    if not DANCE_WORKFLOW.is_file():
+        pytest.skip(f"{DANCE_WORKFLOW} is not written yet")
+    tmp = tmp_path_factory.mktemp("render")
+    write_synthetic_video(tmp / "dance.mp4")
+    ref = np.full((160, 120, 3), 40, np.uint8)
+    ref[20:150, 40:80] = 230
+    Image.fromarray(ref).save(tmp / "ref.png")
+    small = ["--width", "64", "--height", "64", "--steps", "1", "--seed", "3"]
+    jobs = {"generated": ["--tiny", "--ref", str(tmp / "ref.png"), "--driving", str(tmp / "dance.mp4"),
+                          "--frames", "4", "--stride", "2", *small]}
+    if not all(p.is_file() for p in REAL_MODELS):  # else this would be a real (long) render
+        jobs["missing"] = ["--ref", str(tmp / "ref.png"), "--driving", str(tmp / "dance.mp4"), "--frames", "3"]
+    if (SHARED_MEDIA / "dance-01.mp4").is_file():
+        jobs["shared"] = ["--tiny", "--ref", str(SHARED_MEDIA / "ref-01.jpeg"), "--driving",
+                          str(SHARED_MEDIA / "dance-01.mp4"), "--frames", "3", "--stride", "3", *small]
+    procs = {}
+    for name, args in jobs.items():
+        out = tmp / name / "out.mp4"
+        procs[name] = (start([*args, "--out", str(out)]), out)
+    yield procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def finish(runs: dict, name: str) -> tuple[subprocess.CompletedProcess, Path]:
+    proc, out = runs[name]
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out
+
+
+def check_outputs(result: subprocess.CompletedProcess, out: Path, frames: int) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("PLUMBING CHECK: random weights, the output is noise") == 2  # at start and at end
+    assert decode(out) == (frames, 64, 64)
+    assert decode(out.with_name("out-side-by-side.mp4")) == (frames, 128, 64)  # pose | generated
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no partial files left
+
+
+def test_tiny_render_on_generated_media(runs):
+    result, out = finish(runs, "generated")
+    check_outputs(result, out, frames=4)  # frame 0 (the reference) + driving frames 0, 2, 4
+    assert "/1" in result.stdout  # per-node step/total progress was printed (1 step)
+
+
+def test_tiny_render_on_shared_media(runs):
+    if "shared" not in runs:
+        pytest.skip(f"no sample media at {SHARED_MEDIA}")
+    result, out = finish(runs, "shared")
+    check_outputs(result, out, frames=3)
+
+
+def test_missing_models_error_names_files_and_setup_command(runs):
+    if "missing" not in runs:
+        pytest.skip("the real model files are installed in .host/base/models: nothing is missing")
+    result, out = finish(runs, "missing")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "missing model files" in result.stderr
+    assert "svd_xt_1_1.safetensors" in result.stderr
+    assert "python scripts/setup_models.py --download" in result.stderr
+    assert not out.exists() and not out.parent.exists()
+
+
+def load_render_module():
+    """scripts/render.py by path (it imports nothing of ComfyUI at module level)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("controlnext_render_script", RENDER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_driving_video_is_strided_trimmed_and_resized_for_pose_videos(tmp_path):
+    render = load_render_module()
+    write_synthetic_video(tmp_path / "in.mp4", frames=8)
+    count, fps = render.trim_video(tmp_path / "in.mp4", tmp_path / "a.mp4", stride=3, limit=0)
+    assert (count, round(fps)) == (3, 24) and decode(tmp_path / "a.mp4") == (3, 96, 128)  # frames 0, 3, 6
+    count, _ = render.trim_video(tmp_path / "in.mp4", tmp_path / "b.mp4", stride=2, limit=2, size=(64, 192))
+    assert count == 2 and decode(tmp_path / "b.mp4") == (2, 64, 192)  # a pose video gets the output size
+    with av.open(str(tmp_path / "a.mp4")) as container:  # the moving block: frame 6 is 24 px right of frame 0
+        first, _, last = (f.to_ndarray(format="rgb24")[70, :, 0] > 128 for f in container.decode(video=0))
+    assert np.flatnonzero(last)[0] - np.flatnonzero(first)[0] == 24
