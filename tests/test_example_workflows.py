@@ -50,8 +50,7 @@ def object_info() -> dict:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
-    """Tiny models and inputs under the names the workflows use; the DWPose files are removed afterwards (another
-    test checks the error for a missing TorchScript file)."""
+    """Tiny models and inputs under the names the workflows use; the model files are removed afterwards."""
     base = Path(folder_paths.base_path)
     dirs = {k: base / "models" / k for k in ("diffusion_models", "controlnext", "checkpoints", "dwpose")}
     for d in (*dirs.values(), base / "input"):
@@ -72,8 +71,13 @@ def installed(tmp_path_factory) -> dict:
     write_mp4(base / "input" / "dance.mp4", rng.integers(0, 255, (DRIVING_FRAMES, 80, 64, 3), dtype=np.uint8))
     write_mp4(base / "input" / "poses.mp4", rng.integers(0, 255, (DRIVING_FRAMES + 1, SIZE, SIZE, 3), dtype=np.uint8))
     yield dirs
-    for name in DWPOSE_FILES:
-        (dirs["dwpose"] / name).unlink(missing_ok=True)
+    # leave the session's models folders as they were: other tests check the errors for these files being absent
+    installed_files = [dirs["diffusion_models"] / "controlnext-svd_v2-unet-fp16.safetensors",
+                       dirs["controlnext"] / "controlnext-svd_v2-controlnet-fp16.safetensors",
+                       dirs["checkpoints"] / "svd_xt_1_1.safetensors",
+                       *(dirs["dwpose"] / name for name in DWPOSE_FILES)]
+    for path in installed_files:
+        path.unlink(missing_ok=True)
 
 
 def tiny_graph(api: dict) -> dict:
