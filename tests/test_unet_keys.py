@@ -12,7 +12,7 @@ import torch
 
 from conftest import pack_import
 
-SPEC = Path("/work/shared/spec")
+SPEC = Path(__file__).resolve().parent / "data"  # copies of the project spec's key lists
 
 
 def _keymap() -> list[tuple[str, str, tuple[int, ...]]]:
@@ -102,3 +102,17 @@ def test_identify_weights(keymap):
     for k in kind:
         assert detect.describe_weights(k).startswith(("a ", "an ", "none "))
     assert detect.describe_weights(kind.CONTROLNEXT_V2) == "a ControlNeXt-SVD v2 control network"
+
+
+def test_benchmark_svd_xt_config_is_the_detected_one(keymap):
+    """bench/bench_controlnext_step.py writes the SVD-XT config out; it must be what ComfyUI detects from the keys."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_controlnext_step",
+                                                  Path(__file__).resolve().parents[1] / "bench" /
+                                                  "bench_controlnext_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # module level only defines constants and functions
+    native = comfy.model_detection.model_config_from_unet(_meta_sd(keymap, 1, "model.diffusion_model."),
+                                                          "model.diffusion_model.")
+    assert comfy.supported_models.SVD_img2vid(dict(bench.SVD_XT_UNET_CONFIG)).unet_config == native.unet_config

@@ -19,7 +19,7 @@ from conftest import pack_import, run_graph
 from tiny_pack.tiny_svd import build_tiny_svd
 
 FRAMES, H, W = 3, 8, 8  # latent size
-SPEC = Path("/work/shared/spec")
+SPEC = Path(__file__).resolve().parent / "data"  # copies of the project spec's key lists
 
 
 @pytest.fixture(autouse=True, scope="module")
