@@ -90,7 +90,7 @@ class ControlNeXtPatch:
                  start_percent: float = 0.0, end_percent: float = 1.0) -> None:
         self.network = network
         self.base_model = base_model  # read .model_sampling at call time: object patches (ModelSampling*) apply
-        self.poses = poses  # (N, 3, H, W) [0,1] on the CPU
+        self.poses = poses  # (N, H, W, 3) [0,1] on the CPU: the IMAGE itself, not a copy (it can be GBs)
         self.strength = float(strength)
         self.start_percent = float(start_percent)
         self.end_percent = float(end_percent)
@@ -104,12 +104,13 @@ class ControlNeXtPatch:
         self._device_poses = None
 
     def _poses_on(self, device: torch.device, dtype: torch.dtype, indices: list[int] | None) -> torch.Tensor:
+        """The selected poses as (n, 3, H, W) on the device; the layout change happens there, not on the host."""
         cached = self._device_poses
         if cached is None or cached.device != device or cached.dtype != dtype:
             if self.poses.numel() * dtype.itemsize > DEVICE_CACHE_BYTES and device.type != "cpu":
                 selected = self.poses if indices is None else self.poses[indices]
-                return selected.to(device=device, dtype=dtype, non_blocking=True)
-            cached = self._device_poses = self.poses.to(device=device, dtype=dtype)
+                return selected.to(device=device, dtype=dtype, non_blocking=True).movedim(-1, 1).contiguous()
+            cached = self._device_poses = self.poses.to(device=device, dtype=dtype).movedim(-1, 1).contiguous()
         return cached if indices is None else cached[indices]
 
     def _active(self, sigmas: torch.Tensor) -> bool:
@@ -145,7 +146,7 @@ class ControlNeXtPatch:
         if shape is None:
             return
         latent_px = (int(shape[-2]) * 8, int(shape[-1]) * 8)
-        pose_px = tuple(self.poses.shape[-2:])
+        pose_px = tuple(self.poses.shape[1:3])
         if pose_px != latent_px:
             raise ControlNeXtPoseError(
                 f"The pose images are {pose_px[1]}x{pose_px[0]} px but the video being sampled is {latent_px[1]}x"
@@ -212,7 +213,7 @@ def apply_controlnext(model: comfy.model_patcher.ModelPatcher, controlnext: Cont
         raise ControlNeXtPoseError(
             f"{controlnext.name} outputs {controlnext.output_channels} channels but this UNet has {width_needed} "
             "at input block 3. ControlNeXt-SVD v2 goes with the ControlNeXt SVD(-XT) UNet (320).")
-    poses = pose_images[..., :3].movedim(-1, 1).contiguous()  # (N, 3, H, W), [0,1] as the official pipeline
+    poses = pose_images[..., :3]  # [0,1] as the official pipeline; a view (channels move on the device, per run)
     patcher = controlnext.patcher(compute_dtype(model))
     patch = ControlNeXtPatch(patcher.model, model.model, poses, strength, start_percent, end_percent)
     patched = model.clone()
