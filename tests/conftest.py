@@ -134,3 +134,20 @@ def run_graph(graph: dict[str, Any]) -> GraphRun:
 def comfy_base() -> Path:
     """The session's ComfyUI base directory (models/, input/, output/ ...)."""
     return BASE
+
+
+@pytest.fixture
+def session_model_file(comfy_base: Path):
+    """Path factory for files in the session's shared models folders (`folder/name`); each is removed afterwards, so
+    tests that expect a model file to be absent are not affected by the order tests run in."""
+    created: list[Path] = []
+
+    def make(folder: str, name: str) -> Path:
+        path = comfy_base / "models" / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created.append(path)
+        return path
+
+    yield make
+    for path in created:
+        path.unlink(missing_ok=True)

@@ -268,11 +268,9 @@ def test_without_onnxruntime_onnx_choice_says_what_to_install(fakes, tmp_path):
     assert "TS: DWPose: bbox blob.torchscript.pt (torchscript" in res.stdout
 
 
-def test_graph_loader_extract_preview(fakes, comfy_base):
-    folder = comfy_base / "models" / "dwpose"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(fakes["blob.onnx"], folder / "yolox_l.onnx")
-    shutil.copy(fakes["pose_dyn.onnx"], folder / "dw-ll_ucoco_384.onnx")
+def test_graph_loader_extract_preview(fakes, comfy_base, session_model_file):
+    shutil.copy(fakes["blob.onnx"], session_model_file("dwpose", "yolox_l.onnx"))
+    shutil.copy(fakes["pose_dyn.onnx"], session_model_file("dwpose", "dw-ll_ucoco_384.onnx"))
     img, truth = scene(400, 300, [(150.3, 120.8)])
     cv2.imwrite(str(comfy_base / "input" / "dwpose_scene.png"), img[..., ::-1])
     graph = {
