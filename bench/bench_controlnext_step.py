@@ -85,18 +85,10 @@ def boot_comfy() -> Any:
     """ComfyUI on the CPU (args parsed before comfy.model_management), the pack loaded as ComfyUI loads it."""
     import asyncio
 
-    sys.path.insert(0, str(COMFY))
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    base = tempfile.mkdtemp(prefix="controlnext-bench-")
-    sys.argv = ["main.py", "--cpu", "--base-directory", base, "--disable-api-nodes", "--database-url",
-                "sqlite:///:memory:"]
-    import utils.extra_config  # noqa: F401  (before ComfyUI's nodes)
-    from comfy.cli_args import args  # noqa: F401
-
-    # isort: split
-    import nodes
+    spec = importlib.util.spec_from_file_location("comfy_boot", ROOT / "scripts" / "comfy_boot.py")
+    comfy_boot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(comfy_boot)
+    nodes = comfy_boot.boot_comfy(COMFY, tempfile.mkdtemp(prefix="controlnext-bench-"), cpu=True)
 
     if not asyncio.run(nodes.load_custom_node(str(ROOT))):
         raise RuntimeError("ComfyUI could not load the pack: see the log above")

@@ -52,20 +52,14 @@ def parse_args() -> argparse.Namespace:
 
 ARGS = parse_args()  # before ComfyUI takes over sys.argv
 
-# ComfyUI bootstrap, as tests/import_probe.py: --cpu must be parsed before comfy.model_management is imported
-sys.path.insert(0, str(COMFY))
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
-BASE = tempfile.mkdtemp(prefix="controlnext-bench-base-")
-sys.argv = ["main.py", "--cpu", "--base-directory", BASE, "--disable-api-nodes", "--database-url",
-            "sqlite:///:memory:"]
-import utils.extra_config  # noqa: E402,F401
-from comfy.cli_args import args as _comfy_args  # noqa: E402,F401
+# ComfyUI in-process on the CPU, in the order scripts/comfy_boot.py encodes
+_spec = importlib.util.spec_from_file_location("comfy_boot", ROOT / "scripts" / "comfy_boot.py")
+_comfy_boot = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_comfy_boot)
+nodes = _comfy_boot.boot_comfy(COMFY, tempfile.mkdtemp(prefix="controlnext-bench-base-"), cpu=True)
 
 # isort: split
 import cv2  # noqa: E402
-import nodes  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

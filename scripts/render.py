@@ -113,28 +113,16 @@ def boot_comfy(tiny_custom_nodes: Path | None) -> dict[str, ModuleType]:
 
     for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
         (BASE / sub).mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(COMFY))
-    import comfy.options
+    from comfy_boot import boot_comfy as boot  # scripts/ is on sys.path when this file runs as a script
 
-    comfy.options.enable_args_parsing()
-    argv, sys.argv = sys.argv, ["main.py", "--base-directory", str(BASE), "--disable-api-nodes",
-                                "--database-url", "sqlite:///:memory:"]
-    if not torch.cuda.is_available():
-        sys.argv.append("--cpu")
-    from comfy.cli_args import args as _comfy_args  # noqa: F401  (parses the argv above)
-
-    sys.argv = argv
-    import utils.extra_config  # noqa: F401  (must come before ComfyUI's `nodes`)
+    nodes = boot(COMFY, BASE, cpu=not torch.cuda.is_available())
 
     # isort: split
     import comfy.utils
     import execution
     import folder_paths
-    import nodes
     import server
 
-    if Path(nodes.__file__).resolve().parent != COMFY.resolve():
-        raise RenderError(f"`import nodes` found {nodes.__file__}, not ComfyUI's: something shadows it")
     if tiny_custom_nodes is not None:
         folder_paths.add_model_folder_path("custom_nodes", str(tiny_custom_nodes))
     server.PromptServer.instance = ConsoleServer()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import importlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -40,27 +41,19 @@ for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
 (BASE / "custom_nodes" / PACK_LINK_NAME).symlink_to(ROOT, target_is_directory=True)
 (BASE / "custom_nodes" / TEST_PACK_LINK_NAME).symlink_to(TESTS / "tiny_pack", target_is_directory=True)
 
-sys.path.insert(0, str(COMFY))
-import comfy.options  # noqa: E402
+def _load_script_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-comfy.options.enable_args_parsing()
-_argv, sys.argv = sys.argv, [
-    "main.py", "--cpu", "--base-directory", str(BASE), "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-]
-from comfy.cli_args import args  # noqa: E402,F401  (parses the argv above, not pytest's)
 
-sys.argv = _argv
-# utils.extra_config must be imported before anything that imports ComfyUI's `nodes`
-import utils.extra_config  # noqa: E402,F401
+nodes = _load_script_module("comfy_boot").boot_comfy(COMFY, BASE, cpu=True)
 
 # isort: split
 import execution  # noqa: E402
 import folder_paths  # noqa: E402
-import nodes  # noqa: E402
 import server  # noqa: E402
-
-if Path(nodes.__file__).resolve().parent != COMFY.resolve():
-    raise RuntimeError(f"`import nodes` found {nodes.__file__}, not ComfyUI's: something shadows it")
 
 
 class StubServer:

@@ -1,22 +1,18 @@
 """Run as a script: boots ComfyUI (CPU), loads the pack as ComfyUI does, prints what that import added as JSON."""
 
 import asyncio
+import importlib.util
 import json
 import sys
 import time
+from pathlib import Path
 
 comfy_dir, base_dir, pack_dir = sys.argv[1:4]
-sys.path.insert(0, comfy_dir)
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
-sys.argv = ["main.py", "--cpu", "--base-directory", base_dir, "--disable-api-nodes", "--database-url",
-            "sqlite:///:memory:"]
-import utils.extra_config  # noqa: E402,F401
-from comfy.cli_args import args  # noqa: E402,F401
-
-# isort: split
-import nodes  # noqa: E402
+_spec = importlib.util.spec_from_file_location(
+    "comfy_boot", Path(__file__).resolve().parents[1] / "scripts" / "comfy_boot.py")
+comfy_boot = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(comfy_boot)
+nodes = comfy_boot.boot_comfy(comfy_dir, base_dir, cpu=True)
 
 asyncio.run(nodes.init_builtin_extra_nodes())
 before = set(sys.modules)
