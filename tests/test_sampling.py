@@ -142,8 +142,9 @@ def test_comfy_karras_matches_official_schedule():
 
 # ---- the node against the official loop ------------------------------------------------------------------------
 
-def run_sampler(frames: int, fpb: int, overlap: int, cfg_min: float, cfg_max: float, steps: int = 3, seed: int = 5,
-                model_seed: int = 11):
+def sampler_graph(frames: int, fpb: int, overlap: int, cfg_min: float, cfg_max: float, steps: int = 3,
+                  seed: int = 5, model_seed: int = 11, cfg_function: bool = False) -> dict:
+    """Tiny SVD -> ControlNeXtSampler -> SaveLatent (optionally with VideoLinearCFGGuidance on the model)."""
     graph = {
         "1": {"class_type": "ControlNeXtTestTinySVD", "inputs": {"seed": model_seed}},
         "2": {"class_type": "ControlNeXtTestTinySVDConditioning",
@@ -154,11 +155,22 @@ def run_sampler(frames: int, fpb: int, overlap: int, cfg_min: float, cfg_max: fl
             "sampler_name": "euler", "scheduler": "karras"}},
         "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "cnx_sampler"}},
     }
-    run = run_graph(graph)
+    if cfg_function:
+        graph["1b"] = {"class_type": "VideoLinearCFGGuidance", "inputs": {"model": ["1", 0], "min_cfg": 1.0}}
+        graph["3"]["inputs"]["model"] = ["1b", 0]
+    return graph
+
+
+def saved_latent(run) -> torch.Tensor:
     assert run.success, run.error()
     saved = run.outputs["4"]["latents"][0]
     path = f"{folder_paths.get_output_directory()}/{saved['subfolder']}/{saved['filename']}"
     return safetensors.torch.load_file(path)["latent_tensor"]
+
+
+def run_sampler(frames: int, fpb: int, overlap: int, cfg_min: float, cfg_max: float, steps: int = 3, seed: int = 5,
+                model_seed: int = 11):
+    return saved_latent(run_graph(sampler_graph(frames, fpb, overlap, cfg_min, cfg_max, steps, seed, model_seed)))
 
 
 def reference(frames, fpb, overlap, cfg_min, cfg_max, steps=3, seed=5, model_seed=11, **variant):
@@ -202,16 +214,7 @@ def test_sampler_is_deterministic_and_seed_dependent():
 
 
 def test_sampler_window_errors_are_clear():
-    graph = {
-        "1": {"class_type": "ControlNeXtTestTinySVD", "inputs": {"seed": 0}},
-        "2": {"class_type": "ControlNeXtTestTinySVDConditioning",
-              "inputs": {"frames": 8, "width": 64, "height": 64, "seed": 0}},
-        "3": {"class_type": "ControlNeXtSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent_image": ["2", 2], "seed": 0,
-            "steps": 1, "cfg_min": 1.0, "cfg_max": 1.0, "frames_per_window": 4, "overlap": 4,
-            "sampler_name": "euler", "scheduler": "karras"}},
-        "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "cnx_err"}},
-    }
+    graph = sampler_graph(8, 4, 4, 1.0, 1.0, steps=1, seed=0, model_seed=0)
     run = run_graph(graph)
     assert not run.success
     assert "overlap is 4 but must be" in run.error()["exception_message"]
@@ -281,22 +284,7 @@ def test_windowed_sampling_with_control_equals_official_loop():
 def test_model_cfg_functions_are_not_applied_and_say_so(caplog):
     """VideoLinearCFGGuidance on the model would fight the per-window ramp: the sampler ignores it, with a warning."""
     plain = run_sampler(5, 4, 1, 2.0, 2.0, steps=1)
-    graph_model = {"class_type": "VideoLinearCFGGuidance", "inputs": {"model": ["1", 0], "min_cfg": 1.0}}
-    graph = {
-        "1": {"class_type": "ControlNeXtTestTinySVD", "inputs": {"seed": 11}},
-        "1b": graph_model,
-        "2": {"class_type": "ControlNeXtTestTinySVDConditioning",
-              "inputs": {"frames": 5, "width": 64, "height": 64, "seed": 2}},
-        "3": {"class_type": "ControlNeXtSampler", "inputs": {
-            "model": ["1b", 0], "positive": ["2", 0], "negative": ["2", 1], "latent_image": ["2", 2], "seed": 5,
-            "steps": 1, "cfg_min": 2.0, "cfg_max": 2.0, "frames_per_window": 4, "overlap": 1,
-            "sampler_name": "euler", "scheduler": "karras"}},
-        "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "cnx_cfgfn"}},
-    }
     with caplog.at_level("WARNING"):
-        run = run_graph(graph)
-    assert run.success, run.error()
-    saved = run.outputs["4"]["latents"][0]
-    path = f"{folder_paths.get_output_directory()}/{saved['subfolder']}/{saved['filename']}"
-    assert torch.equal(safetensors.torch.load_file(path)["latent_tensor"], plain)
+        patched = saved_latent(run_graph(sampler_graph(5, 4, 1, 2.0, 2.0, steps=1, cfg_function=True)))
+    assert torch.equal(patched, plain)
     assert "CFG function patched into the model" in caplog.text
