@@ -8,6 +8,7 @@ from .conditioning_nodes import ControlNeXtDecode, ControlNeXtSVDConditioning
 from .controlnext_nodes import ControlNeXtApply, ControlNeXtLoader
 from .dwpose_nodes import ControlNeXtDWPoseLoader, ControlNeXtExtractPoses
 from .environment import ControlNeXtEnvironmentInfo
+from .guider_node import ControlNeXtGuider
 from .model_setup_node import ControlNeXtModelSetup
 from .paths import register_model_folders
 from .pose_nodes import ControlNeXtAlignPoses, ControlNeXtDrawPoses, ControlNeXtPosesForAnimation
@@ -29,6 +30,7 @@ NODES: list[type[io.ComfyNode]] = [
     ControlNeXtLoader,
     ControlNeXtApply,
     ControlNeXtSampler,
+    ControlNeXtGuider,
     ControlNeXtSVDConditioning,
     ControlNeXtDecode,
     ControlNeXtSideBySide,

@@ -173,12 +173,12 @@ def run_sampler(frames: int, fpb: int, overlap: int, cfg_min: float, cfg_max: fl
     return saved_latent(run_graph(sampler_graph(frames, fpb, overlap, cfg_min, cfg_max, steps, seed, model_seed)))
 
 
-def reference(frames, fpb, overlap, cfg_min, cfg_max, steps=3, seed=5, model_seed=11, **variant):
+def reference(frames, fpb, overlap, cfg_min, cfg_max, steps=3, seed=5, model_seed=11, sigmas=None, **variant):
     model = tiny_svd_patcher(model_seed).model
     positive, negative, _ = tiny_svd_conditioning(frames, 64, 64, seed=2)
     embed, concat = positive[0][0], positive[0][1]["concat_latent_image"]
     noise = torch.randn((frames, 4, 8, 8), generator=torch.manual_seed(seed))
-    sigmas = official_karras(steps)
+    sigmas = official_karras(steps) if sigmas is None else sigmas
     with torch.no_grad():
         return official_sample(model.diffusion_model, noise, sigmas, embed, concat, [6 - 1, 127, 0.0], fpb, overlap,
                                cfg_min, cfg_max, **variant)
@@ -221,6 +221,41 @@ def test_sampler_window_errors_are_clear():
     graph["3"]["inputs"]["frames_per_window"] = 1
     with pytest.raises(GraphInvalid):  # below the input's min: refused by ComfyUI's validation before running
         run_graph(graph)
+
+
+def test_guider_node_with_sampler_custom_advanced_equals_sampler_node():
+    """ControlNeXtGuider in core's SamplerCustomAdvanced (RandomNoise, euler, BasicScheduler karras) is the sampler."""
+    graph = sampler_graph(7, 4, 2, 1.5, 3.0)
+    model, cond = ["1", 0], "2"
+    graph["3"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["n", 0], "guider": ["g", 0], "sampler": ["s", 0], "sigmas": ["k", 0], "latent_image": [cond, 2]}}
+    graph["n"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
+    graph["s"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    graph["k"] = {"class_type": "BasicScheduler",
+                  "inputs": {"model": model, "scheduler": "karras", "steps": 3, "denoise": 1.0}}
+    graph["g"] = {"class_type": "ControlNeXtGuider", "inputs": {
+        "model": model, "positive": [cond, 0], "negative": [cond, 1], "cfg_min": 1.5, "cfg_max": 3.0,
+        "frames_per_window": 4, "overlap": 2}}
+    custom = saved_latent(run_graph(graph))
+    assert torch.equal(custom, run_sampler(7, 4, 2, 1.5, 3.0))
+    ref = latent_out(reference(7, 4, 2, 1.5, 3.0))
+    assert (custom - ref).abs().max() / ref.abs().max() < 1e-4
+
+
+# Align Your Steps' published SVD noise levels (10 steps); ComfyUI's scheduler ends them at 0 instead of 0.002
+AYS_SVD_10 = [700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.0]
+
+
+def test_sampler_sigmas_input_replaces_steps_and_scheduler():
+    graph = sampler_graph(7, 4, 2, 1.5, 3.0, steps=1)
+    graph["3"]["inputs"].update(scheduler="normal", sigmas=["ays", 0])
+    graph["ays"] = {"class_type": "AlignYourStepsScheduler",
+                    "inputs": {"model_type": "SVD", "steps": 10, "denoise": 1.0}}
+    ours = saved_latent(run_graph(graph))
+    ref = latent_out(reference(7, 4, 2, 1.5, 3.0, sigmas=torch.tensor(AYS_SVD_10)))
+    assert (ours - ref).abs().max() / ref.abs().max() < 1e-4
+    karras = latent_out(reference(7, 4, 2, 1.5, 3.0, steps=10))
+    assert (ours - karras).abs().max() / karras.abs().max() > 1e-2  # the check can tell the schedules apart
 
 
 # ---- windows and the control path together ----------------------------------------------------------------------
