@@ -6,4 +6,7 @@ beyond defining the node classes (no model loading, no onnxruntime session, no n
 
 from .nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint"]
+# ComfyUI serves this folder at /extensions/<pack folder>/; the frontend reads node help pages from web/docs/.
+WEB_DIRECTORY = "./web"
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -51,10 +51,14 @@ class ControlNeXtSVDConditioning(io.ComfyNode):
                              "device)."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip="CLIP image embedding + reference latent + time ids."),
-                io.Conditioning.Output("negative", tooltip="Zero embedding and zero latent, same time ids "
-                                       "(the official unconditional input)."),
-                io.Latent.Output("latent", tooltip="Empty video latent [video_frames, 4, height/8, width/8]."),
+                # display_name too: the UI shows only display_name or the type, never the id
+                io.Conditioning.Output("positive", display_name="positive",
+                                       tooltip="CLIP image embedding + reference latent + time ids."),
+                io.Conditioning.Output("negative", display_name="negative",
+                                       tooltip="Zero embedding and zero latent, same time ids (the official "
+                                       "unconditional input)."),
+                io.Latent.Output("latent", display_name="latent",
+                                 tooltip="Empty video latent [video_frames, 4, height/8, width/8]."),
             ],
         )
 

@@ -85,6 +85,11 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return json.loads(r.read())
 
+    def get_text(self, path: str) -> str:
+        """GET a static file (e.g. a node help page) as UTF-8 text; raises urllib.error.HTTPError unless 200."""
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return r.read().decode("utf-8")
+
     def post(self, path: str, body: dict) -> tuple[int, Any]:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})

@@ -177,6 +177,17 @@ def validate(srv: ComfyServer, prompt: dict) -> dict:
                                                       "details": f"{error.get('message')}: {error.get('details')}"}]}}
 
 
+# The frontend's own help-page URL for a custom node (NodeHelpService in comfyui_frontend_package 1.32): the pack
+# folder from python_module, then /extensions/<pack>/docs/<id>/<locale>.md, falling back to .../docs/<id>.md.
+HELP_PAGE_JS = """(async () => {
+  const pack = LiteGraph.registered_node_types['ControlNeXtSampler'].nodeData.python_module.split('.')[1].split('@')[0];
+  const base = `/extensions/${pack}/docs/ControlNeXtSampler`;
+  let r = await fetch(`${base}/en.md`);
+  if (!r.ok) r = await fetch(`${base}.md`);
+  return r.ok ? await r.text() : `HTTP ${r.status}`;
+})()"""
+
+
 async def check_workflows(srv: ComfyServer, workflows: list[Path], shots: Path) -> dict[str, dict]:
     profile = Path(tempfile.mkdtemp(prefix="controlnext-chromium-"))
     proc, ws_url = start_chromium(profile)
@@ -189,6 +200,7 @@ async def check_workflows(srv: ComfyServer, workflows: list[Path], shots: Path) 
             await page.send("Page.navigate", url=srv.url)
             await page.wait_for("!!(window.app && app.graph && window.LiteGraph && "
                                 "LiteGraph.registered_node_types['ControlNeXtLoader'])", timeout=40)
+            results["_help_page"] = {"text": await page.evaluate(HELP_PAGE_JS)}
             for path in workflows:
                 workflow = json.loads(path.read_text())
                 seen = await page.evaluate(f"{LOAD_JS}({json.dumps(workflow)})")
@@ -252,4 +264,6 @@ def test_example_workflows_load_in_the_real_frontend(tmp_path: Path) -> None:
     planted = results[broken_path.name]
     assert planted["missing"] == ["ControlNeXtNoSuchNode"] and planted["unregistered"] == ["ControlNeXtNoSuchNode"]
     assert not results["_page_exceptions"]["list"], results["_page_exceptions"]["list"]
+    help_page = (ROOT / "web" / "docs" / "ControlNeXtSampler.md").read_text(encoding="utf-8")
+    assert results["_help_page"]["text"] == help_page, "the page cannot fetch the node's help page"
     print(f"screenshots in {shots}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import urllib.error
+
+import pytest
 
 from comfy_server import ComfyServer
-from conftest import pack_import
+from conftest import ROOT, pack_import
 
 # The only import failures this host has: core audio nodes that need torchaudio, which is deliberately absent
 # (no torchaudio release matches torch 2.14).
@@ -45,6 +48,13 @@ def test_server_lists_and_runs_the_pack():
         assert entry["status"]["status_str"] == "success", entry["status"]
         assert "device cpu" in entry["outputs"]["1"]["text"][0]
         assert entry["outputs"]["5"]["latents"][0]["filename"].endswith(".latent")
+
+        # the node help page, at the URL the frontend (1.32) fetches after /docs/<id>/<locale>.md answers 404
+        page = (ROOT / "web" / "docs" / "ControlNeXtSampler.md").read_text(encoding="utf-8")
+        assert srv.get_text("/extensions/controlnext-svd/docs/ControlNeXtSampler.md") == page
+        with pytest.raises(urllib.error.HTTPError) as missing_locale:
+            srv.get_text("/extensions/controlnext-svd/docs/ControlNeXtSampler/en.md")
+        assert missing_locale.value.code == 404
 
         # a bad graph is refused synchronously and the server keeps serving
         status, body = srv.post("/prompt", {"prompt": {"1": {"class_type": "ControlNeXtNoSuchNode", "inputs": {}}}})
