@@ -15,6 +15,7 @@ from .pose_nodes import ControlNeXtAlignPoses, ControlNeXtDrawPoses, ControlNeXt
 from .preview_nodes import ControlNeXtPoseOverlay, ControlNeXtSideBySide
 from .sampler_node import ControlNeXtSampler
 from .unet_loader_node import ControlNeXtUNetLoader
+from .video_nodes import ControlNeXtDrivingFrames
 
 register_model_folders()  # a dict update: listing files happens only when a node's inputs are asked for
 
@@ -22,6 +23,7 @@ NODES: list[type[io.ComfyNode]] = [
     ControlNeXtEnvironmentInfo,
     ControlNeXtModelSetup,
     ControlNeXtDWPoseLoader,
+    ControlNeXtDrivingFrames,
     ControlNeXtExtractPoses,
     ControlNeXtAlignPoses,
     ControlNeXtDrawPoses,

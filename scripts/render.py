@@ -351,10 +351,12 @@ def install_tiny(graph: dict[str, Any], models: Path, tiny_module: str) -> None:
 
 def trim_video(src: Path, dst: Path, stride: int, limit: int,
                size: tuple[int, int] | None = None) -> tuple[int, float]:
-    """Frames 0, stride, 2*stride ... (at most `limit`, 0 = all) re-encoded near-losslessly, resized to size=(w, h)
-    if given; returns (frames, source fps)."""
+    """Frames 0, stride, 2*stride ... (at most `limit`, 0 = all) turned upright (a phone video's display rotation)
+    and re-encoded near-losslessly, resized to size=(w, h) if given; returns (frames, source fps)."""
     import av
+    import numpy as np
 
+    upright = pack_module("controlnext.video_frames").upright
     count = 0
     with av.open(str(src)) as inp:
         if not inp.streams.video:
@@ -366,18 +368,20 @@ def trim_video(src: Path, dst: Path, stride: int, limit: int,
             for i, frame in enumerate(inp.decode(in_stream)):
                 if i % stride:
                     continue
+                img = upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+                h, w = img.shape[:2]
                 if stream is None:
                     stream = out.add_stream("libx264", rate=Fraction(max(1.0, fps / stride)).limit_denominator(1001))
-                    stream.width, stream.height = size or (frame.width // 2 * 2, frame.height // 2 * 2)
-                    if size and (frame.width, frame.height) != size:
-                        print(f"[render] resizing the pose video from {frame.width}x{frame.height} to "
-                              f"{size[0]}x{size[1]} (pose images must have the output size)", flush=True)
+                    stream.width, stream.height = size or (w // 2 * 2, h // 2 * 2)
+                    if size and (w, h) != size:
+                        print(f"[render] resizing the pose video from {w}x{h} to {size[0]}x{size[1]} (pose images "
+                              "must have the output size)", flush=True)
                     stream.pix_fmt = "yuv444p"
                     stream.options = {"crf": "4"}
-                if size:
-                    frame = frame.reformat(width=size[0], height=size[1], interpolation="AREA")
-                img = frame.to_ndarray(format="rgb24")[: stream.height, : stream.width]
-                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                if (w, h) != (stream.width, stream.height):
+                    out_frame = out_frame.reformat(width=stream.width, height=stream.height, interpolation="AREA")
+                for packet in stream.encode(out_frame):
                     out.mux(packet)
                 count += 1
                 if limit and count >= limit:
@@ -417,11 +421,19 @@ def write_mp4(frames: Any, path: Path, fps: float) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def pack_module(name: str) -> ModuleType:
+    """A module of the pack as ComfyUI loaded it (ComfyUI names the package after its custom_nodes path)."""
+    init = (ROOT / "__init__.py").resolve()
+    for package, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve() == init:
+            return importlib.import_module(f"{package}.{name}")
+    raise RenderError("the pack is not loaded in this ComfyUI (is it linked into custom_nodes?)")
+
+
 def side_by_side(poses: Any, result: Any) -> Any:
     """pose | generated, frame by frame: the pack's own ControlNeXtSideBySide logic (dwpose/overlay.py)."""
-    pack = os.path.join(str(BASE / "custom_nodes"), "controlnext-svd").replace(".", "_x_")  # ComfyUI's module name
-    overlay = importlib.import_module(f"{pack}.dwpose.overlay")
-    return overlay.side_by_side(poses, result)
+    return pack_module("dwpose.overlay").side_by_side(poses, result)
 
 
 def side_by_side_path(out: Path) -> Path:

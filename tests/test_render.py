@@ -138,3 +138,24 @@ def test_driving_video_is_strided_trimmed_and_resized_for_pose_videos(tmp_path):
     with av.open(str(tmp_path / "a.mp4")) as container:  # the moving block: frame 6 is 24 px right of frame 0
         first, _, last = (f.to_ndarray(format="rgb24")[70, :, 0] > 128 for f in container.decode(video=0))
     assert np.flatnonzero(last)[0] - np.flatnonzero(first)[0] == 24
+
+
+def test_trim_turns_phone_videos_upright(tmp_path):
+    """A phone video stores portrait footage on its side plus a display rotation (here -90: shown turned 90 degrees
+    clockwise); the trimmed copy the workflow reads is upright and carries no rotation."""
+    render = load_render_module()
+    upright = np.full((128, 96, 3), 30, np.uint8)
+    upright[4:20, 4:20] = 240  # a marker at the top left, as a player shows the video
+    with av.open(str(tmp_path / "phone.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.set_display_rotation(-90)
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(upright, 1)),
+                                                                 format="rgb24")), *stream.encode()]:
+            out.mux(packet)
+    render.trim_video(tmp_path / "phone.mp4", tmp_path / "trimmed.mp4", stride=1, limit=0)
+    with av.open(str(tmp_path / "trimmed.mp4")) as container:
+        frame = next(container.decode(video=0))
+        assert frame.rotation == 0
+        img = frame.to_ndarray(format="rgb24")
+    assert img.shape == (128, 96, 3) and img[6:18, 6:18].min() > 200 and img[-18:-6, -18:-6].max() < 60

@@ -1,0 +1,85 @@
+"""Driving-video frames as the official pipeline samples them: every `stride`-th frame, upright, decoded one by one.
+
+Only the selected frames are converted to float, so a long or high-resolution phone video does not have to fit
+in system RAM as a whole (ComfyUI's GetVideoComponents converts every frame to float32 first: a 60 s 1080p clip
+would take about 45 GB). Phone videos usually store portrait footage as landscape frames plus a display rotation;
+the frames are turned upright here, as video players do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import IO
+
+import comfy.model_management
+import numpy as np
+import torch
+
+
+def output_fps(source_fps: float, stride: int) -> float:
+    """The official output frame rate: the source's average rate floor-divided by the stride, at least 1."""
+    return float(max(1, math.floor(source_fps / stride)))
+
+
+def upright(image: np.ndarray, rotation: float) -> np.ndarray:
+    """Applies a display rotation (degrees counter-clockwise, FFmpeg's display-matrix convention, as PyAV's
+    VideoFrame.rotation reports it) to an H x W x C frame."""
+    quarter_turns = round(rotation / 90) % 4
+    return np.rot90(image, quarter_turns) if quarter_turns else image
+
+
+def select_frames(images: torch.Tensor, stride: int, start_frame: int = 0, max_frames: int = 0) -> torch.Tensor:
+    """The same selection as read_frames on an already decoded IMAGE batch (a view, no copy)."""
+    check_selection(stride, start_frame, max_frames)
+    if start_frame >= images.shape[0]:
+        raise ValueError(f"start_frame is {start_frame} but the video has only {images.shape[0]} frames: lower "
+                         "start_frame.")
+    picked = images[start_frame::stride]
+    return picked[:max_frames] if max_frames else picked
+
+
+def check_selection(stride: int, start_frame: int, max_frames: int) -> None:
+    if stride < 1 or start_frame < 0 or max_frames < 0:
+        raise ValueError(f"stride must be at least 1 and start_frame and max_frames at least 0 (got {stride}, "
+                         f"{start_frame}, {max_frames}).")
+
+
+def read_frames(source: str | IO[bytes], stride: int = 2, start_frame: int = 0, max_frames: int = 0,
+                name: str = "the video") -> tuple[torch.Tensor, float]:
+    """Decodes frames start_frame, start_frame + stride, ... (at most max_frames; 0 = to the end) of the first
+    video stream, upright. Returns (IMAGE [F,H,W,3] float32 in 0..1, the stream's average frame rate)."""
+    import av  # ComfyUI's own dependency; imported on first use, not when the pack loads
+
+    check_selection(stride, start_frame, max_frames)
+    picked: list[np.ndarray | None] = []
+    size: tuple[int, int] | None = None
+    decoded = 0
+    try:
+        with av.open(source) as container:
+            if not container.streams.video:
+                raise ValueError(f"{name} has no video stream: load a video file (mp4, webm, mov, ...).")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame-parallel decoding: most of the cost here is the decoder
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+            for frame in container.decode(stream):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                index, decoded = decoded, decoded + 1
+                if index < start_frame or (index - start_frame) % stride:
+                    continue
+                if size is None:
+                    size = (frame.width, frame.height)
+                elif (frame.width, frame.height) != size:  # a mid-stream resolution change: keep one size
+                    frame = frame.reformat(width=size[0], height=size[1])
+                picked.append(upright(frame.to_ndarray(format="rgb24"), frame.rotation))
+                if max_frames and len(picked) >= max_frames:
+                    break
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"{name} could not be decoded ({exc}): re-encode it as H.264 mp4, e.g. with "
+                         "ffmpeg -i in.mov -c:v libx264 out.mp4.") from exc
+    if not picked:
+        raise ValueError(f"start_frame is {start_frame} but {name} has only {decoded} frames: lower start_frame.")
+    out = torch.empty((len(picked), *picked[0].shape), dtype=torch.float32)
+    for i in range(len(picked)):  # frame by frame, freeing each decoded frame: no second copy of the whole clip
+        out[i] = torch.from_numpy(np.ascontiguousarray(picked[i]))
+        picked[i] = None
+    return out.div_(255.0), fps

@@ -1,0 +1,50 @@
+"""ControlNeXtDrivingFrames: the driving video's frames as the official pipeline samples them."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import InputImpl, io
+
+from ..controlnext.video_frames import output_fps, read_frames, select_frames
+
+
+class ControlNeXtDrivingFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ControlNeXtDrivingFrames",
+            display_name="ControlNeXt Driving Video Frames",
+            category="ControlNeXt-SVD",
+            description=(
+                "Takes every stride-th frame of a video (official: every 2nd) and the matching output frame rate "
+                "(source fps // stride, as the official script). Decodes frame by frame and converts only the "
+                "frames it keeps, so long or 4K phone videos fit in system RAM, and turns phone videos upright "
+                "(their display rotation), which ComfyUI's Get Video Components does not."
+            ),
+            inputs=[
+                io.Video.Input("video", tooltip="The driving video (Load Video), any size, frame rate or length."),
+                io.Int.Input("stride", default=2, min=1, max=120,
+                             tooltip="Keep every stride-th frame (official: 2). 1 keeps every frame."),
+                io.Int.Input("start_frame", default=0, min=0, max=1_000_000,
+                             tooltip="First frame kept, counted in source frames from 0."),
+                io.Int.Input("max_frames", default=0, min=0, max=100_000,
+                             tooltip="Most frames kept (0 = to the end of the video). Output frames = kept frames "
+                             "+ 1 (the reference). Memory per window does not grow with it; RAM and time do."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="frames", tooltip="The kept frames, upright, at the video's size."),
+                io.Float.Output(display_name="fps", tooltip="Source fps // stride: the frame rate of the result "
+                                "(for Create Video)."),
+                io.Int.Output(display_name="frame_count", tooltip="How many frames were kept."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, video, stride: int, start_frame: int, max_frames: int) -> io.NodeOutput:
+        if isinstance(video, InputImpl.VideoFromFile):  # a file (Load Video): decode only what is kept
+            frames, fps = read_frames(video.get_stream_source(), stride, start_frame, max_frames,
+                                      name="the driving video")
+        else:  # frames already in memory (e.g. from Create Video): no display rotation is known
+            components = video.get_components()
+            frames = select_frames(components.images, stride, start_frame, max_frames)
+            fps = float(components.frame_rate)
+        return io.NodeOutput(frames, output_fps(fps, stride), frames.shape[0])
