@@ -40,8 +40,9 @@ def check_video_size(width: int, height: int) -> None:
     if problems:
         raise ValueError(
             "ControlNeXt-SVD needs width and height that are multiples of 64, got " + "; ".join(problems) + ". "
-            "The official ControlNeXt UNet concatenates skip connections without resizing, so the latent sides "
-            "(pixels / 8) must stay divisible by 8 through its three downsamplings. Official default: 576x1024."
+            "The official pipeline only runs at such sizes (its UNet concatenates skip connections without "
+            "resizing, so the latent sides, pixels / 8, must stay divisible by 8 through three downsamplings) and "
+            "the model was trained at them; this pack keeps that rule. Official default: 576x1024."
         )
 
 

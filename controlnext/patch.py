@@ -203,6 +203,10 @@ def apply_controlnext(model: comfy.model_patcher.ModelPatcher, controlnext: Cont
     if pose_images.ndim != 4 or pose_images.shape[-1] < 3 or pose_images.shape[0] == 0:
         raise ControlNeXtPoseError(
             f"pose_images must be a batch of RGB images (N, H, W, 3); got shape {tuple(pose_images.shape)}.")
+    if start_percent > end_percent:
+        raise ValueError(
+            f"start_percent {start_percent} is after end_percent {end_percent}: the control would never be active. "
+            "Use start_percent <= end_percent (0 and 1 = the whole sampling, as the official pipeline).")
     height, width = pose_images.shape[1:3]
     if height % 8 or width % 8:
         raise ControlNeXtPoseError(

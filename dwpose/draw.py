@@ -59,10 +59,17 @@ def hsv_to_rgb_full(h: float) -> np.ndarray:
 HAND_COLOURS = tuple(hsv_to_rgb_full(e / float(len(HAND_EDGES))) for e in range(len(HAND_EDGES)))
 
 
+MAX_CANVAS_SIDE = 16384
+
+
 def canvas_size(height: int, width: int, short_side: int = REF_SHORT_SIDE) -> tuple[int, int]:
-    """The drawing canvas (rows, cols): the official code scales the short side to 2160 and truncates."""
+    """The drawing canvas (rows, cols): the official code scales the short side to 2160 and truncates.
+
+    The long side is capped at MAX_CANVAS_SIDE (only aspect ratios beyond 7.5:1 are affected): the official rule
+    would need 28 GB for an 8 x 8192 canvas. Lines are then relatively thicker, nothing else changes."""
     sz = min(height, width)
     sr = (short_side / sz) if sz != short_side else 1
+    sr = min(sr, MAX_CANVAS_SIDE / max(height, width))
     return int(height * sr), int(width * sr)
 
 

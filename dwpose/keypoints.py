@@ -119,6 +119,24 @@ def to_pose_keypoint(frames: Sequence[PoseFrame]) -> list[dict]:
     return out
 
 
+MAX_COORDINATE = 1e6  # px; larger values are corrupt data (and would overflow the drawing code's int32 pixels)
+# Normalised data: every found point within the canvas, give or take one canvas (limbs leave the picture)
+NORMALISED_RANGE = (-1.0, 2.0)
+
+
+def _box(box: Any, box_score: Any, where: str) -> tuple[tuple[float, ...] | None, float | None]:
+    if box is not None:
+        if (not isinstance(box, (list, tuple)) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+            raise ValueError(f"{where}: 'box' must be [x0, y0, x1, y1] (four numbers), got {box!r}")
+        box = tuple(float(v) for v in box)
+    if box_score is not None:
+        if isinstance(box_score, bool) or not isinstance(box_score, (int, float)):
+            raise ValueError(f"{where}: 'box_score' must be a number or null, got {box_score!r}")
+        box_score = float(box_score)
+    return box, box_score
+
+
 def _part(values: Any, n: int, where: str) -> np.ndarray:
     if values is None or (isinstance(values, (list, tuple)) and len(values) == 0):
         return _zeros(n)  # controlnet_aux writes null for a part with nothing found
@@ -135,6 +153,8 @@ def _part(values: Any, n: int, where: str) -> np.ndarray:
         raise ValueError(f"{where}: expected {n} points ({3 * n} numbers), got {pts.shape[0]}")
     if not np.isfinite(pts).all():
         raise ValueError(f"{where}: contains NaN or infinite values")
+    if np.abs(pts[:, :2]).max(initial=0.0) > MAX_COORDINATE:
+        raise ValueError(f"{where}: a coordinate lies beyond {MAX_COORDINATE:g} px: not a pose of an image")
     return pts.astype(np.float32)
 
 
@@ -148,8 +168,9 @@ def from_pose_keypoint(data: Any, normalized: bool | None = None) -> list[PoseFr
     """PoseFrames from POSE_KEYPOINT data: a list of OpenPose-JSON dicts, or a single dict.
 
     Coordinates may be pixels (ours, controlnet_aux) or normalised to 0..1 of the canvas. normalized=None decides
-    per frame: normalised when every found point (confidence > 0) lies within [0, 1] on both axes and the canvas
-    is larger than 2 px; pass True/False to force it.
+    per frame: normalised when every found point (confidence > 0) lies within [-1, 2] on both axes (a point may
+    leave the picture: real pixel coordinates are never all that small) and the canvas is larger than 2 px; pass
+    True/False to force it.
     """
     if isinstance(data, Mapping):
         data = [data]
@@ -175,16 +196,15 @@ def from_pose_keypoint(data: Any, normalized: bool | None = None) -> list[PoseFr
                 raise ValueError(f"POSE_KEYPOINT frame {i} person {j}: expected a dict")
             parts = {name: _part(person.get(key), n, f"POSE_KEYPOINT frame {i} person {j} {key}")
                      for name, (key, n) in _PART_KEYS.items()}
-            box = person.get("box")
-            if box is not None and len(box) != 4:
-                raise ValueError(f"POSE_KEYPOINT frame {i} person {j}: 'box' must be [x0, y0, x1, y1]")
-            parsed.append((parts, box, person.get("box_score")))
+            box, box_score = _box(person.get("box"), person.get("box_score"), f"POSE_KEYPOINT frame {i} person {j}")
+            parsed.append((parts, box, box_score))
         norm = normalized
         if norm is None:
             found = np.concatenate([np.concatenate(list(p.values())) for p, _, _ in parsed]) if parsed else _zeros(0)
             found = found[found[:, 2] > 0]
+            lo, hi = NORMALISED_RANGE
             norm = bool(len(found)) and max(width, height) > 2 and bool(
-                (found[:, :2] >= 0).all() and (found[:, :2] <= 1.0).all())
+                (found[:, :2] >= lo).all() and (found[:, :2] <= hi).all())
         people = []
         for parts, box, box_score in parsed:
             if norm:
@@ -193,8 +213,7 @@ def from_pose_keypoint(data: Any, normalized: bool | None = None) -> list[PoseFr
                     arr[hit, 0] *= width
                     arr[hit, 1] *= height
                 if box is not None:
-                    box = [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
-            people.append(Person(**parts, box=None if box is None else tuple(float(v) for v in box),
-                                 box_score=None if box_score is None else float(box_score)))
+                    box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+            people.append(Person(**parts, box=box, box_score=box_score))
         frames.append(PoseFrame(width=width, height=height, people=people))
     return frames

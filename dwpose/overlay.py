@@ -73,6 +73,9 @@ def match_frame_counts(left: torch.Tensor, right: torch.Tensor,
     return pad(left), pad(right)
 
 
+MAX_SIDE_BY_SIDE_WIDTH = 16384  # px; wider is a wiring mistake (and would need tens of GB)
+
+
 def side_by_side(left: torch.Tensor, right: torch.Tensor, mismatch: str = MISMATCH_CHOICES[0],
                  gap: int = 0) -> torch.Tensor:
     """left | right as one IMAGE batch; left is resized to right's height (aspect kept), gap black columns between."""
@@ -83,6 +86,11 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, mismatch: str = MISMAT
     left, right = match_frame_counts(left[..., :3], right[..., :3].to(left.device, left.dtype), mismatch)
     height = right.shape[1]
     width = max(1, round(left.shape[2] * height / left.shape[1]))
+    if width > MAX_SIDE_BY_SIDE_WIDTH:
+        raise ValueError(
+            f"The left images are {left.shape[2]}x{left.shape[1]} px: resized to the right's height ({height} px) "
+            f"they would be {width} px wide. Connect frames of a similar shape, e.g. the pose images on the left and "
+            "the decoded video on the right.")
     left = resize_images(left, height, width)
     parts = [left, right]
     if gap:

@@ -186,12 +186,33 @@ def test_pose_keypoint_round_trip_and_layout(fakes):
     assert not back.right_hand.any()
 
 
+def test_normalised_frames_with_a_point_off_the_picture_are_still_normalised():
+    """A hand leaving the picture (x = 1.03) must not flip that frame to pixels (the skeleton would collapse)."""
+    body = np.zeros((18, 3))
+    body[:, :2], body[:, 2] = np.linspace(0.1, 0.9, 36).reshape(18, 2), 1.0
+    frames = []
+    for off in (0.9, 1.03):
+        b = body.copy()
+        b[4, 0] = off  # the right wrist
+        frames.append({"people": [{"pose_keypoints_2d": b.reshape(-1).tolist()}], "canvas_width": 64,
+                       "canvas_height": 128})
+    a, b = (f.people[0].body for f in kp.from_pose_keypoint(frames))
+    np.testing.assert_allclose(a[0, :2], body[0, :2] * [64, 128], rtol=1e-5)
+    np.testing.assert_allclose(b[0, :2], a[0, :2], rtol=1e-5)
+    assert b[4, 0] == pytest.approx(1.03 * 64)
+
+
 @pytest.mark.parametrize("bad, message", [
     ("nope", "list of dicts"),
     ([{"people": []}], "canvas_width"),
     ([{"people": [{"pose_keypoints_2d": [1, 2]}], "canvas_width": 10, "canvas_height": 10}], "multiple of 3"),
     ([{"people": [{"pose_keypoints_2d": [1, 2, 3] * 17}], "canvas_width": 10, "canvas_height": 10}], "18 points"),
     ([{"people": [], "canvas_width": 0, "canvas_height": 10}], "positive"),
+    ([{"people": [{"box": 5}], "canvas_width": 10, "canvas_height": 10}], "'box' must be .x0, y0, x1, y1."),
+    ([{"people": [{"box": [0, 0, 1, "a"]}], "canvas_width": 10, "canvas_height": 10}], "four numbers"),
+    ([{"people": [{"box_score": "high"}], "canvas_width": 10, "canvas_height": 10}], "'box_score' must be a number"),
+    ([{"people": [{"pose_keypoints_2d": [1e12, 2, 1] * 18}], "canvas_width": 10, "canvas_height": 10}],
+     "frame 0 person 0 pose_keypoints_2d: a coordinate lies beyond"),
 ])
 def test_pose_keypoint_malformed(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -222,6 +222,9 @@ def test_pose_size_must_match_the_latent(setup):
     wide = loader.ControlNeXtModel(loader.build_network(tiny_controlnext_state_dict(output_channels=320)), "w.bin")
     with pytest.raises(patch_mod.ControlNeXtPoseError, match="320 channels but this UNet has 64"):
         patch_mod.apply_controlnext(svd, wide, make_poses())
+    # a window that can never be active would silently give plain SVD
+    with pytest.raises(ValueError, match="start_percent 0.8 is after end_percent 0.2"):
+        patch_mod.apply_controlnext(svd, controlnext_model(), make_poses(), start_percent=0.8, end_percent=0.2)
 
 
 def test_network_is_a_managed_additional_model_and_sampling_matches_reference(setup):

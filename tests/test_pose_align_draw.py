@@ -657,3 +657,10 @@ def test_poses_for_animation_graph_matches_the_official_pipeline(fake_dwpose_fil
     graph["6"]["inputs"]["width"] = 570
     run = run_graph(graph)
     assert not run.success and "got width 570 (nearby sizes that work: 512 or 576)" in run.error()["exception_message"]
+
+
+def test_canvas_is_official_except_for_extreme_aspect_ratios():
+    assert draw.canvas_size(1024, 576) == (3840, 2160)  # the official rule: short side 2160
+    assert draw.canvas_size(2160, 3840) == (2160, 3840)
+    assert draw.canvas_size(512, 64) == (16384, 2048)  # 8:1 -> capped at 16384 rows (officially 17280)
+    assert draw.canvas_size(8192, 8) == (16384, 16)  # the official rule would give 2211840 x 2160 (~14 GB)

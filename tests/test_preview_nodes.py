@@ -32,6 +32,11 @@ def test_side_by_side_frame_mismatch():
         overlay.side_by_side(left, right, "error")
 
 
+def test_side_by_side_refuses_a_strip_that_would_be_huge():
+    with pytest.raises(ValueError, match="4000x1 px: resized to the right's height .64 px. they would be 256000 px"):
+        overlay.side_by_side(torch.zeros(1, 1, 4000, 3), torch.zeros(1, 64, 36, 3))
+
+
 def test_overlay_skeleton_only_keeps_the_photo_off_the_skeleton():
     ref = torch.full((1, 16, 16, 3), 0.25)
     poses = torch.zeros(3, 16, 16, 3)
