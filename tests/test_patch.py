@@ -13,6 +13,7 @@ import comfy.context_windows
 import comfy.model_management as mm
 import comfy.patcher_extension
 import comfy.sample
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -333,3 +334,17 @@ def test_graph_context_windows_manual_works_for_svd(controlnext_file, caplog):
     assert run.success, run.error()
     assert "Using context windows 4 for 6 frames" in caplog.text
     assert torch.isfinite(_latent(run)).all()
+
+
+def test_large_pose_batches_upload_as_exact_bytes():
+    """Poses too many to keep on the device go up per window as uint8 (a quarter of the bytes) with the same values."""
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 16, 8, 3), dtype=np.uint8))
+    poses = frames.float() / 255.0  # how decoded and drawn pose images are made
+    as_bytes = patch_mod.as_bytes(poses)
+    assert as_bytes is not None and torch.equal(as_bytes, frames)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        expected = poses[[0, 3, 4]].to(dtype).movedim(-1, 1)
+        got = patch_mod.upload(as_bytes, [0, 3, 4], torch.device("cpu"), dtype)
+        assert got.dtype == dtype and got.shape == (3, 3, 16, 8) and torch.equal(got, expected)
+    assert torch.equal(patch_mod.upload(poses, None, torch.device("cpu"), torch.float16), poses.half().movedim(-1, 1))
+    assert patch_mod.as_bytes(poses * 0.999) is None  # not k / 255: uploaded as floats
