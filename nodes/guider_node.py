@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..controlnext.sampling import ControlNeXtGuider as WindowGuider
-from .sampler_node import window_inputs
+from .sampler_node import guidance_inputs, window_inputs
 
 
 class ControlNeXtGuider(io.ComfyNode):
@@ -22,14 +22,7 @@ class ControlNeXtGuider(io.ComfyNode):
                 "model_type SVD, SplitSigmas). With RandomNoise, KSamplerSelect euler and BasicScheduler karras it "
                 "gives exactly what ControlNeXt Sampler gives."
             ),
-            inputs=[
-                io.Model.Input("model", tooltip="The ControlNeXt UNet with ControlNeXtApply attached (a plain SVD "
-                               "model also works: windows without pose control)."),
-                io.Conditioning.Input("positive",
-                                      tooltip="From ControlNeXtSVDConditioning (or SVD_img2vid_Conditioning)."),
-                io.Conditioning.Input("negative", tooltip="From the same conditioning node."),
-                *window_inputs(),
-            ],
+            inputs=[*guidance_inputs(), *window_inputs()],
             outputs=[io.Guider.Output(tooltip="For SamplerCustomAdvanced's guider input.")],
         )
 

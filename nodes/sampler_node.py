@@ -12,6 +12,16 @@ from comfy_api.v0_0_2 import io
 from ..controlnext.sampling import ControlNeXtGuider
 
 
+def guidance_inputs() -> list[io.Input]:
+    """The model and conditioning inputs shared by ControlNeXtSampler and ControlNeXtGuider."""
+    return [
+        io.Model.Input("model", tooltip="The ControlNeXt UNet with ControlNeXtApply attached (a plain SVD "
+                       "model also works: windows without pose control)."),
+        io.Conditioning.Input("positive", tooltip="From ControlNeXtSVDConditioning (or SVD_img2vid_Conditioning)."),
+        io.Conditioning.Input("negative", tooltip="From the same conditioning node."),
+    ]
+
+
 def window_inputs() -> list[io.Input]:
     """The window and CFG-ramp inputs shared by ControlNeXtSampler and ControlNeXtGuider."""
     return [
@@ -44,11 +54,7 @@ class ControlNeXtSampler(io.ComfyNode):
                 "Defaults are the official settings (euler, karras, 25 steps, cfg 3, 24-frame windows, overlap 6)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The ControlNeXt UNet with ControlNeXtApply attached (a plain SVD "
-                               "model also works: windows without pose control)."),
-                io.Conditioning.Input("positive",
-                                      tooltip="From ControlNeXtSVDConditioning (or SVD_img2vid_Conditioning)."),
-                io.Conditioning.Input("negative", tooltip="From the same conditioning node."),
+                *guidance_inputs(),
                 io.Latent.Input("latent_image", tooltip="The empty video latent: one frame per pose image, frame 0 "
                                 "being the reference pose's frame."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
