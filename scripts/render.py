@@ -22,7 +22,6 @@ import asyncio
 import importlib
 import importlib.util
 import json
-import math
 import os
 import shutil
 import sys
@@ -476,7 +475,7 @@ def run(args: argparse.Namespace) -> None:
             pose_size = (args.width, args.height) if args.pose_video else None
             n_driving, src_fps = trim_video(args.driving, copied[1], args.stride, limit, pose_size)
             frames = n_driving if args.pose_video else n_driving + 1  # frame 0 = the reference pose
-            fps = max(1.0, math.floor(src_fps / args.stride))  # official: decord avg_fps // sample_stride
+            fps = pack_module("controlnext.video_frames").output_fps(src_fps, args.stride)  # the node's rule
             print(f"[render] driving video: {n_driving} frames (every {args.stride}. of {args.driving}, "
                   f"{src_fps:.3g} fps) -> {frames} output frames at {args.width}x{args.height}, {fps:g} fps, "
                   f"{args.steps} steps, seed {args.seed}", flush=True)
