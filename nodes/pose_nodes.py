@@ -180,7 +180,7 @@ class ControlNeXtPosesForAnimation(io.ComfyNode):
                 DWPoseType.Input("dwpose", tooltip="From ControlNeXt DWPose Loader."),
                 io.Image.Input("reference", tooltip="The image to animate, any size; only its first image is used."),
                 io.Image.Input("driving_frames", tooltip="The driving video frames, any size or aspect (all used: "
-                               "subsample them beforehand, the official demo takes every 2nd frame)."),
+                               "ControlNeXt Driving Video Frames takes every 2nd frame, as the official demo)."),
                 io.Int.Input("width", default=576, min=64, max=4096, step=SIZE_STEP,
                              tooltip="Output width in pixels, a multiple of 64 (official: 576)."),
                 io.Int.Input("height", default=1024, min=64, max=4096, step=SIZE_STEP,
