@@ -5,9 +5,11 @@ Official pipeline (spec section 4.2-4.4), all on the reference already fitted to
   align_corners=True) -> (x+1)/2 -> CLIP mean/std -> vision model -> image_embeds (1,1,D). ComfyUI's clip_preprocess
   centre crops and rounds to 8 bits instead, so the vision model is called on these pixel values directly.
 - VAE: [-1,1] + augmentation * N(0,1) -> encode -> posterior mode (ComfyUI's SVD VAE encodes with the mode).
-- Time ids: [fps-1, motion_bucket_id, augmentation] through model_base.SVD_img2vid.encode_adm, which reads
+- Time ids: [fps-1, motion_bucket_id, time_id_augmentation] through model_base.SVD_img2vid.encode_adm, which reads
   fps / motion_bucket_id / augmentation_level from the conditioning. extra_conds uses augmentation_level only
   there and uses concat_latent_image as given (no noise, no scaling), so nothing is applied twice.
+  The official pipeline overwrites its time ids with [6, 128, 0.02] whatever pixel noise it applied (spec item 4),
+  so the time-id augmentation is its own value (default 0.02), not tied to the pixel augmentation.
 """
 
 from __future__ import annotations
@@ -140,11 +142,12 @@ class SVDConditioning:
 def controlnext_svd_conditioning(
     clip_vision: Any, vae: Any, image: torch.Tensor, width: int, height: int, video_frames: int,
     fps: int = 7, motion_bucket_id: int = 128, augmentation: float = 0.02, noise_seed: int = 0,
+    time_id_augmentation: float = 0.02,
 ) -> SVDConditioning:
     """Native SVD conditioning (positive, negative, empty latent) computed the official ControlNeXt-SVD-v2 way.
 
-    The time ids are exactly (fps-1, motion_bucket_id, augmentation); the pixel noise is augmentation * N(0,1) in
-    [-1,1] space from noise_seed. Only the first image of a batch is used (the official pipeline has one reference).
+    The time ids are exactly (fps-1, motion_bucket_id, time_id_augmentation); the pixel noise is augmentation *
+    N(0,1) in [-1,1] space from noise_seed. The two augmentation values are independent, as officially. Only the first image of a batch is used (the official pipeline has one reference).
     """
     check_video_size(width, height)
     if video_frames < 1:
@@ -158,7 +161,7 @@ def controlnext_svd_conditioning(
     embeds = encode_clip_image(clip_vision, fitted)
     concat = encode_reference_latent(vae, fitted, augmentation, noise_seed)
 
-    time_ids = {"motion_bucket_id": motion_bucket_id, "fps": fps, "augmentation_level": augmentation}
+    time_ids = {"motion_bucket_id": motion_bucket_id, "fps": fps, "augmentation_level": time_id_augmentation}
     positive = [[embeds, dict(time_ids, concat_latent_image=concat)]]
     negative = [[torch.zeros_like(embeds), dict(time_ids, concat_latent_image=torch.zeros_like(concat))]]
     latent = {"samples": torch.zeros([video_frames, LATENT_CHANNELS, height // 8, width // 8],

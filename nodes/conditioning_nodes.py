@@ -21,8 +21,8 @@ class ControlNeXtSVDConditioning(io.ComfyNode):
                 "native SVD conditioning format (works with native SVD nodes and samplers). The image is fitted to "
                 "width x height like the official preprocessing (cover-resize, centre crop); CLIP sees the whole "
                 "image squashed to 224x224 (no crop); the VAE latent gets the augmentation noise in [-1,1] pixel "
-                "space; the time ids are (fps-1, motion_bucket_id, augmentation). Defaults give the official "
-                "[6, 128, 0.02]."
+                "space; the time ids are (fps-1, motion_bucket_id, time_id_augmentation), the last one independent "
+                "of the pixel noise as in the official pipeline. Defaults give the official [6, 128, 0.02]."
             ),
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="SVD's CLIP vision encoder (ViT-H/14), e.g. from "
@@ -44,11 +44,15 @@ class ControlNeXtSVDConditioning(io.ComfyNode):
                              tooltip="Motion time id (official inference: 128; training used 127)."),
                 io.Float.Input("augmentation", default=0.02, min=0.0, max=10.0, step=0.001,
                                tooltip="Noise added to the reference before VAE encoding, as a std in [-1,1] pixel "
-                               "space (official 0.02; ComfyUI's native node uses [0,1] space, twice as strong), "
-                               "and the matching time id."),
+                               "space (official 0.02; ComfyUI's native node uses [0,1] space, twice as strong). "
+                               "The time id is set separately (time_id_augmentation)."),
                 io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, optional=True,
                              tooltip="Seed of the augmentation noise (drawn on the CPU, so it is the same on any "
                              "device)."),
+                # last and optional: workflows saved before it existed keep their widget values in place
+                io.Float.Input("time_id_augmentation", default=0.02, min=0.0, max=10.0, step=0.001, optional=True,
+                               tooltip="The augmentation time id the model is told (official: always 0.02, whatever "
+                               "pixel noise was added; the model was trained with it)."),
             ],
             outputs=[
                 # display_name too: the UI shows only display_name or the type, never the id
@@ -64,10 +68,11 @@ class ControlNeXtSVDConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_vision, vae, image, width: int, height: int, video_frames: int, fps: int = 7,
-                motion_bucket_id: int = 128, augmentation: float = 0.02, noise_seed: int = 0) -> io.NodeOutput:
+                motion_bucket_id: int = 128, augmentation: float = 0.02, noise_seed: int = 0,
+                time_id_augmentation: float = 0.02) -> io.NodeOutput:
         result = controlnext_svd_conditioning(clip_vision, vae, image, width, height, video_frames, fps=fps,
                                               motion_bucket_id=motion_bucket_id, augmentation=augmentation,
-                                              noise_seed=noise_seed)
+                                              noise_seed=noise_seed, time_id_augmentation=time_id_augmentation)
         return io.NodeOutput(result.positive, result.negative, result.latent)
 
 

@@ -175,15 +175,15 @@ def svd_embedder_ids(model, ids: list[float]) -> torch.Tensor:
     return torch.cat([model.embedder(torch.Tensor([v])) for v in ids]).flatten().unsqueeze(0)
 
 
-@pytest.mark.parametrize(("fps", "motion", "aug", "ids"), [
+@pytest.mark.parametrize(("fps", "motion", "time_aug", "ids"), [
     (7, 128, 0.02, [6, 128, 0.02]),   # the defaults give the official hard-coded ids
     (9, 40, 0.1, [8, 40, 0.1]),       # anything else passes through unchanged
 ])
-def test_time_ids_reach_the_model_y_vector_unchanged(clip_vision, vae, svd_model, fps, motion, aug, ids):
+def test_time_ids_reach_the_model_y_vector_unchanged(clip_vision, vae, svd_model, fps, motion, time_aug, ids):
     model = svd_model
     image = random_image(64, 64, seed=4)
     out = cond.controlnext_svd_conditioning(clip_vision, vae, image, 64, 64, 3, fps=fps, motion_bucket_id=motion,
-                                            augmentation=aug)
+                                            time_id_augmentation=time_aug)
     extras = out.positive[0][1]
     noise = torch.zeros(3, 4, 8, 8)
     conds = model.extra_conds(**extras, noise=noise, device=torch.device("cpu"))
@@ -192,6 +192,27 @@ def test_time_ids_reach_the_model_y_vector_unchanged(clip_vision, vae, svd_model
     concat = conds["c_concat"].cond
     assert concat.shape == (3, 4, 8, 8)
     assert torch.equal(concat, extras["concat_latent_image"].expand(3, -1, -1, -1))
+
+
+@pytest.mark.parametrize("pixel_aug", [0.0, 0.02, 0.3])
+def test_time_id_augmentation_is_0_02_whatever_pixel_noise_as_officially(clip_vision, vae, svd_model, pixel_aug):
+    """Spec item 4: the official pipeline overwrites its time ids with [6, 128, 0.02] whatever noise_aug it applied
+    to the pixels, so the y vector must not follow the pixel augmentation (e.g. 0 at augmentation 0)."""
+    out = cond.controlnext_svd_conditioning(clip_vision, vae, random_image(64, 64, seed=5), 64, 64, 2,
+                                            augmentation=pixel_aug)
+    for extras in (out.positive[0][1], out.negative[0][1]):
+        conds = svd_model.extra_conds(**extras, noise=torch.zeros(2, 4, 8, 8), device=torch.device("cpu"))
+        torch.testing.assert_close(conds["y"].cond, svd_embedder_ids(svd_model, [6, 128, 0.02]), rtol=0, atol=0)
+
+
+def test_time_id_augmentation_changes_only_the_time_id(clip_vision, vae):
+    image = random_image(64, 64, seed=6)
+    base = cond.controlnext_svd_conditioning(clip_vision, vae, image, 64, 64, 2, augmentation=0.1, noise_seed=3)
+    other = cond.controlnext_svd_conditioning(clip_vision, vae, image, 64, 64, 2, augmentation=0.1, noise_seed=3,
+                                              time_id_augmentation=0.5)
+    assert base.positive[0][1]["augmentation_level"] == 0.02 and other.positive[0][1]["augmentation_level"] == 0.5
+    assert torch.equal(base.positive[0][1]["concat_latent_image"], other.positive[0][1]["concat_latent_image"])
+    assert torch.equal(base.positive[0][0], other.positive[0][0])
 
 
 @pytest.mark.parametrize(("width", "height", "words"), [
