@@ -17,6 +17,18 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Whether exc is an out-of-memory error, as ComfyUI sees it.
+
+    Newer ComfyUI has model_management.is_oom, which also recognises accelerator errors that report running out of
+    memory (torch.AcceleratorError) besides torch.cuda.OutOfMemoryError; older ones only have OOM_EXCEPTION.
+    """
+    core_is_oom = getattr(mm, "is_oom", None)
+    if core_is_oom is not None:
+        return bool(core_is_oom(exc))
+    return isinstance(exc, mm.OOM_EXCEPTION)
+
+
 def _decode_clip(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """One decode call: latents [n,4,h,w] as an n-frame clip -> pixels [n,H,W,3] in [0,1] on the output device."""
     x = vae.first_stage_model.decode(latents.to(device=vae.device, dtype=vae.vae_dtype))
@@ -57,8 +69,8 @@ def decode_in_chunks(
         n = min(size, frames - start)
         try:
             pixels = _decode_clip(vae, latents[start:start + n])
-        except mm.OOM_EXCEPTION:
-            if n == 1:
+        except Exception as exc:  # only out-of-memory errors are handled; anything else is re-raised as it is
+            if n == 1 or not is_oom(exc):
                 raise
             pixels = None  # retried below, once the exception (and the tensors it references) is released
         if pixels is None:

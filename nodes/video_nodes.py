@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import InputImpl, io
 
-from ..controlnext.video_frames import output_fps, read_frames, select_frames
+from ..controlnext.video_frames import file_trim, output_fps, read_frames, select_frames
 
 
 class ControlNeXtDrivingFrames(io.ComfyNode):
@@ -18,14 +18,17 @@ class ControlNeXtDrivingFrames(io.ComfyNode):
                 "Takes every stride-th frame of a video (official: every 2nd) and the matching output frame rate "
                 "(source fps // stride, as the official script). Decodes frame by frame and converts only the "
                 "frames it keeps, so long or 4K phone videos fit in system RAM, and turns phone videos upright "
-                "(their display rotation), which ComfyUI's Get Video Components does not."
+                "(their display rotation), which older ComfyUI's Get Video Components does not. A trim set on the "
+                "video (Load Video's edit, Trim Video) is applied as ComfyUI applies it; a cropped video, or one "
+                "that is not a plain file (e.g. Create Video), is decoded by ComfyUI itself."
             ),
             inputs=[
                 io.Video.Input("video", tooltip="The driving video (Load Video), any size, frame rate or length."),
                 io.Int.Input("stride", default=2, min=1, max=120,
                              tooltip="Keep every stride-th frame (official: 2). 1 keeps every frame."),
                 io.Int.Input("start_frame", default=0, min=0, max=1_000_000,
-                             tooltip="First frame kept, counted in source frames from 0."),
+                             tooltip="First frame kept, counted in source frames from 0 (from the start of the "
+                             "video's trim, if it has one)."),
                 io.Int.Input("max_frames", default=0, min=0, max=100_000,
                              tooltip="Most frames kept (0 = to the end of the video). Output frames = kept frames "
                              "+ 1 (the reference). Memory per window does not grow with it; RAM and time do."),
@@ -40,11 +43,15 @@ class ControlNeXtDrivingFrames(io.ComfyNode):
 
     @classmethod
     def execute(cls, video, stride: int, start_frame: int, max_frames: int) -> io.NodeOutput:
-        if isinstance(video, InputImpl.VideoFromFile):  # a file (Load Video): decode only what is kept
+        is_file = isinstance(video, InputImpl.VideoFromFile)
+        trim = file_trim(video) if is_file else None
+        if trim is not None:  # a file (Load Video, Trim Video) with no crop: decode only what is kept
             frames, fps = read_frames(video.get_stream_source(), stride, start_frame, max_frames,
-                                      name="the driving video")
-        else:  # frames already in memory (e.g. from Create Video): no display rotation is known
+                                      name="the driving video", start_time=trim[0], duration=trim[1])
+        else:  # frames in memory (Create Video), or an edit (crop) only core's decoder applies: core decodes
             components = video.get_components()
             frames = select_frames(components.images, stride, start_frame, max_frames)
+            if is_file:  # the decoded clip is this call's alone: keep only the selected frames in memory
+                frames = frames.contiguous()
             fps = float(components.frame_rate)
         return io.NodeOutput(frames, output_fps(fps, stride), frames.shape[0])

@@ -124,3 +124,15 @@ def test_clear_errors(tmp_path):
         video_frames.read_frames(str(broken))
     with pytest.raises(ValueError, match="stride must be at least 1"):
         video_frames.read_frames(str(path), stride=0)
+    with pytest.raises(ValueError, match=r"has only 0 frames in its trim \(5 s, duration 1 s\): lower start_frame "
+                                         "or change the trim"):
+        video_frames.read_frames(str(path), stride=1, start_time=5.0, duration=1.0)
+
+
+def test_a_trim_keeps_the_frames_whose_timestamps_fall_in_it(tmp_path):
+    # frames at 0, 0.1, ... 0.8 s; [0.15 s, 0.15 + 0.4 s) holds frames 2..5, then every 2nd from the 2nd kept
+    path = write_video(tmp_path / "ten.mp4", [upright_frame(i) for i in range(9)], fps=10)
+    frames, fps = video_frames.read_frames(str(path), stride=2, start_frame=1, start_time=0.15, duration=0.4)
+    assert grey_levels(frames) == pytest.approx([70, 110], abs=2) and fps == 10.0
+    frames, _ = video_frames.read_frames(str(path), stride=1, start_time=0.65)  # duration 0: to the end
+    assert grey_levels(frames) == pytest.approx([150, 170], abs=2)
