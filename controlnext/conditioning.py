@@ -147,7 +147,8 @@ def controlnext_svd_conditioning(
     """Native SVD conditioning (positive, negative, empty latent) computed the official ControlNeXt-SVD-v2 way.
 
     The time ids are exactly (fps-1, motion_bucket_id, time_id_augmentation); the pixel noise is augmentation *
-    N(0,1) in [-1,1] space from noise_seed. The two augmentation values are independent, as officially. Only the first image of a batch is used (the official pipeline has one reference).
+    N(0,1) in [-1,1] space from noise_seed. The two augmentation values are independent, as officially. Only the
+    first image of a batch is used (the official pipeline has one reference).
     """
     check_video_size(width, height)
     if video_frames < 1:
