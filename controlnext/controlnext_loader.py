@@ -53,7 +53,8 @@ def check_controlnext_state_dict(sd: Mapping[str, Any], name: str) -> ControlNeX
     if kind is not WeightKind.CONTROLNEXT_V2:
         raise ControlNeXtWeightsError(
             f"{name} is {what}, not a ControlNeXt-SVD v2 control network (its keys do not match the official 52).")
-    expected = ControlNeXtSVD(ControlNeXtConfig.from_state_dict(sd), operations=_MetaOps).state_dict()
+    # plain torch layers on the meta device: the architecture's keys and shapes, nothing allocated or lazily absent
+    expected = ControlNeXtSVD(ControlNeXtConfig.from_state_dict(sd), operations=torch.nn, device="meta").state_dict()
     missing, unknown, wrong = key_mismatches(expected, sd)
     problems = []
     if missing:
@@ -69,61 +70,100 @@ def check_controlnext_state_dict(sd: Mapping[str, Any], name: str) -> ControlNeX
     return ControlNeXtConfig.from_state_dict(sd)
 
 
-class _MetaOps:
-    """Layer factory that allocates nothing (shape checking only)."""
+def host_patcher_class() -> type[comfy.model_patcher.ModelPatcher]:
+    """The patcher class ComfyUI wraps its own models in, looked up at call time.
 
-    @staticmethod
-    def Linear(*args: Any, **kwargs: Any) -> torch.nn.Linear:  # noqa: N802 (mirrors torch.nn names)
-        return torch.nn.Linear(*args, device="meta", **kwargs)
+    Newer ComfyUI: comfy.model_patcher.CoreModelPatcher, which main.py rebinds to the dynamic-VRAM patcher
+    (ModelPatcherDynamic) when dynamic VRAM is on; a plain ModelPatcher would opt out of it. 0.3.75 has no
+    CoreModelPatcher and uses ModelPatcher itself.
+    """
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
 
-    @staticmethod
-    def Conv2d(*args: Any, **kwargs: Any) -> torch.nn.Conv2d:  # noqa: N802
-        return torch.nn.Conv2d(*args, device="meta", **kwargs)
 
-    @staticmethod
-    def GroupNorm(*args: Any, **kwargs: Any) -> torch.nn.GroupNorm:  # noqa: N802
-        return torch.nn.GroupNorm(*args, device="meta", **kwargs)
+def patcher_is_dynamic(patcher: comfy.model_patcher.ModelPatcher) -> bool:
+    """ModelPatcher.is_dynamic() where the host has it (newer ComfyUI), else False (0.3.75: always legacy loading)."""
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    return bool(is_dynamic()) if callable(is_dynamic) else False
+
+
+def load_network(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None,
+                 disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """A ControlNeXtSVD holding `sd` (strict) in `dtype` (default: the tensors' own), in the host's patcher class
+    (a plain, never dynamic ModelPatcher with disable_dynamic, as core's loaders take it).
+
+    Loaded the way ComfyUI loads its own models (comfy.sd.load_diffusion_model_state_dict): comfy.ops layers built
+    with the model dtype, the patcher created first, then load_state_dict with assign=patcher.is_dynamic(). Nothing
+    touches a parameter before the load: under dynamic VRAM comfy.ops Linear layers hold no weight until their
+    _load_from_state_dict creates it from the given tensor, keeping that tensor's dtype, so the tensors are cast to
+    `dtype` here first (a no-op when they already have it).
+    """
+    config = ControlNeXtConfig.from_state_dict(sd)
+    dtype = dtype or next(iter(sd.values())).dtype
+    net = ControlNeXtSVD(config, operations=comfy.ops.manual_cast, dtype=dtype)  # no weight init: all is loaded
+    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else host_patcher_class()
+    patcher = patcher_class(net, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    tensors = {k: v.to(dtype=dtype) for k, v in sd.items()}
+    net.load_state_dict(tensors, strict=True, assign=patcher_is_dynamic(patcher))
+    net.eval().requires_grad_(False)
+    return patcher
+
+
+def build_network(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> ControlNeXtSVD:
+    """The network of load_network (comfy.ops.manual_cast layers holding `sd`), without its patcher."""
+    return load_network(sd, dtype).model
+
+
+def load_network_file(path: str, dtype: torch.dtype | None = None,
+                      disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """The checked control network of a file, in `dtype`, in its patcher: the recipe newer ComfyUI re-runs (through
+    ModelPatcher.cached_patcher_init) when it needs a non-dynamic or per-GPU copy of a model."""
+    sd = read_state_dict(path)
+    check_controlnext_state_dict(sd, os.path.basename(path))
+    return _with_recipe(load_network(sd, dtype, disable_dynamic), path, dtype)
+
+
+def _with_recipe(patcher: comfy.model_patcher.ModelPatcher, path: str | None,
+                 dtype: torch.dtype | None) -> comfy.model_patcher.ModelPatcher:
+    # as core's load_diffusion_model does: newer ModelPatcher.clone(disable_dynamic=True) and deepclone_multigpu call
+    # cached_patcher_init[0](*cached_patcher_init[1], disable_dynamic=...) and raise without it; 0.3.75 ignores it
+    if path is not None:
+        patcher.cached_patcher_init = (load_network_file, (path, dtype))
+    return patcher
 
 
 class ControlNeXtModel:
-    """The CONTROLNEXT value: a loaded network (CPU, the file's dtype) and per-compute-dtype ModelPatchers."""
+    """The CONTROLNEXT value: a loaded network (CPU, the file's dtype) and per-compute-dtype patchers."""
 
-    def __init__(self, network: ControlNeXtSVD, name: str) -> None:
+    def __init__(self, network: ControlNeXtSVD, name: str,
+                 patcher: comfy.model_patcher.ModelPatcher | None = None, path: str | None = None) -> None:
         self.network = network
         self.name = name
-        self.dtype = next(network.parameters()).dtype
+        self.path = path  # the file, for the patchers' re-load recipe (None: built in memory, no recipe)
+        self.dtype = next(network.parameters()).dtype  # loaded: every parameter exists
         self._patchers: dict[torch.dtype, comfy.model_patcher.ModelPatcher] = {}
+        if patcher is not None:
+            self._patchers[self.dtype] = _with_recipe(patcher, path, self.dtype)
 
     @property
     def output_channels(self) -> int:
         return self.network.config.output_channels
 
     def patcher(self, compute_dtype: torch.dtype) -> comfy.model_patcher.ModelPatcher:
-        """The network cast once to `compute_dtype` (on the CPU), wrapped for ComfyUI's model management.
+        """The network in `compute_dtype` (cast once, on the CPU), in the host's patcher class.
 
         ComfyUI moves it to the GPU together with the UNet and offloads it again; nothing here touches a GPU.
         """
         if compute_dtype not in self._patchers:
             if compute_dtype == self.dtype:
-                net = self.network
+                patcher = host_patcher_class()(
+                    self.network, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
             else:
-                net = build_network(self.network.state_dict(), compute_dtype)
-            self._patchers[compute_dtype] = comfy.model_patcher.ModelPatcher(
-                net, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+                patcher = load_network(self.network.state_dict(), compute_dtype)
+            self._patchers[compute_dtype] = _with_recipe(patcher, self.path, compute_dtype)
         return self._patchers[compute_dtype]
 
     def __repr__(self) -> str:
         return f"ControlNeXtModel({self.name!r}, {self.dtype}, output {self.output_channels} ch)"
-
-
-def build_network(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> ControlNeXtSVD:
-    """A ControlNeXtSVD with comfy.ops.manual_cast layers holding `sd` (strict), in `dtype` or the tensors' own."""
-    config = ControlNeXtConfig.from_state_dict(sd)
-    dtype = dtype or next(iter(sd.values())).dtype
-    net = ControlNeXtSVD(config, operations=comfy.ops.manual_cast)  # no weight init: every tensor is loaded
-    net.to(dtype=dtype)
-    net.load_state_dict(sd, strict=True)
-    return net.eval().requires_grad_(False)
 
 
 def load_controlnext(path: str) -> ControlNeXtModel:
@@ -135,6 +175,7 @@ def load_controlnext(path: str) -> ControlNeXtModel:
     if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
         raise ControlNeXtWeightsError(
             f"{name}: expected floating-point tensors of one dtype, found {sorted(map(str, dtypes))}.")
-    net = build_network(sd)
-    log.info("ControlNeXt: loaded %s (%s, output width %d)", name, next(iter(dtypes)), net.config.output_channels)
-    return ControlNeXtModel(net, name)
+    patcher = load_network(sd)
+    log.info("ControlNeXt: loaded %s (%s, output width %d, %s)", name, next(iter(dtypes)),
+             patcher.model.config.output_channels, type(patcher).__name__)
+    return ControlNeXtModel(patcher.model, name, patcher, path=path)

@@ -2,11 +2,14 @@
 
 State-dict keys are exactly the official 52 (time_embedding, embedding, down_res, down_sample, mid_convs). Layer
 types come from `operations` (torch.nn by default; the loader passes comfy.ops.manual_cast so ComfyUI's model
-management can load it partially and cast weights to the input dtype on the fly).
+management can load it partially and cast weights to the input dtype on the fly). Every layer is built with the given
+dtype and device, as ComfyUI's own models build theirs: newer ComfyUI's comfy.ops layers record that dtype as the
+model dtype when they hold no weight until the state dict is loaded (dynamic VRAM).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +51,17 @@ class ControlNeXtConfig:
             out_channels=(rows("down_res.0.conv1.weight"), rows("down_res.1.conv1.weight")),
             output_channels=rows("mid_convs.1.weight"),
         )
+
+
+class _Placed:
+    """`operations` whose layers are all built with one dtype and device (None: torch's defaults)."""
+
+    def __init__(self, operations: Any, dtype: torch.dtype | None, device: torch.device | str | None) -> None:
+        self._operations = operations
+        self._placement = {"dtype": dtype, "device": device}
+
+    def __getattr__(self, name: str) -> Any:
+        return functools.partial(getattr(self._operations, name), **self._placement)
 
 
 def timestep_projection(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
@@ -104,10 +118,11 @@ class Downsample2D(nn.Module):
 class ControlNeXtSVD(nn.Module):
     """Pose frames [0,1] RGB (N, 3, H, W) + timestep -> control (N, output_channels, H/8-1, W/8-1)."""
 
-    def __init__(self, config: ControlNeXtConfig | None = None, operations: Any = nn) -> None:
+    def __init__(self, config: ControlNeXtConfig | None = None, operations: Any = nn,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
         cfg = config or ControlNeXtConfig()
-        ops = operations
+        ops = _Placed(operations, dtype, device)
         self.config = cfg
         self.time_embedding = TimestepEmbedding(cfg.time_in, cfg.time_dim, ops)
         e, c = cfg.embed_channels, cfg.in_channels[0]

@@ -1,10 +1,13 @@
 """Load the ControlNeXt-SVD v2 fine-tuned UNet (any released format) as ComfyUI's SVD_img2vid MODEL.
 
 Formats: the official torch-pickle unet.bin (diffusers keys, fp32), kijai's fp16 safetensors with diffusers keys, and
-the ComfyUI-key conversion with or without the `model.diffusion_model.` prefix. The architecture is inferred from
-the weights with ComfyUI's own detect_unet_config (so tiny test UNets go through the same path), and the model is
-built like comfy.sd.load_diffusion_model_state_dict builds it, but with a strict all-keys check: the official
-loader's strict=False silently keeps plain SVD weights when the keys do not match.
+the ComfyUI-key conversion with or without the `model.diffusion_model.` prefix. This module does what only the pack
+can: read the file safely, convert the keys to ComfyUI's, and check the key set against the complete architecture
+(built from ComfyUI's own detect_unet_config on the meta device, never from a model's current state: under newer
+ComfyUI's dynamic VRAM, comfy.ops Linear layers hold no weight until loaded). The official loader's strict=False
+silently keeps plain SVD weights when the keys do not match; a file that fails the check is refused. The checked state
+dict then goes to ComfyUI's own comfy.sd.load_diffusion_model_state_dict, so the host's patcher class, dynamic VRAM,
+dtype and manual-cast rules apply on every ComfyUI version.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import comfy.ldm.modules.diffusionmodules.openaimodel
+import comfy.model_base
 import comfy.model_detection
-import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.sd
 import comfy.supported_models
-import comfy.utils
 import torch
 
 from . import weights_file
@@ -116,8 +120,46 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], name: str) -> dict[str, An
     return config
 
 
-def _check_coverage(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], name: str, kind: WeightKind) -> None:
-    expected = model.state_dict()
+class _PlainTorchOps:
+    """torch.nn layers under the names comfy.ops uses: built on the meta device they give every tensor's key and shape
+    and allocate nothing (comfy.ops layers may hold no weight before loading, and skip no allocation on 0.3.75)."""
+
+    Linear = torch.nn.Linear
+    Conv1d = torch.nn.Conv1d
+    Conv2d = torch.nn.Conv2d
+    Conv3d = torch.nn.Conv3d
+    ConvTranspose1d = torch.nn.ConvTranspose1d
+    ConvTranspose2d = torch.nn.ConvTranspose2d
+    GroupNorm = torch.nn.GroupNorm
+    LayerNorm = torch.nn.LayerNorm
+    BatchNorm2d = torch.nn.BatchNorm2d
+    Embedding = torch.nn.Embedding
+
+    @classmethod
+    def conv_nd(cls, dims: int, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        if dims == 2:
+            return cls.Conv2d(*args, **kwargs)
+        if dims == 3:
+            return cls.Conv3d(*args, **kwargs)
+        raise ValueError(f"unsupported dimensions: {dims}")
+
+
+def expected_unet_tensors(unet_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Every tensor (meta: key, shape) of the SVD UNet that ComfyUI builds for `unet_config`.
+
+    The same UNetModel class and arguments comfy.model_base.SVD_img2vid passes (SVD_img2vid's config adds the head
+    width etc. to the detected one), with plain torch layers in place of comfy.ops.
+    """
+    config = comfy.supported_models.SVD_img2vid(dict(unet_config)).unet_config
+    meta = torch.device("meta")
+    with meta:  # also tensors the blocks create without a device argument
+        unet = comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(**config, device=meta,
+                                                                        operations=_PlainTorchOps)
+    return unet.state_dict()
+
+
+def _check_coverage(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], name: str,
+                    kind: WeightKind) -> None:
     missing, unexpected, wrong = key_mismatches(expected, sd)
     if not (missing or unexpected or wrong):
         return
@@ -135,31 +177,46 @@ def _check_coverage(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], name
     )
 
 
-def load_controlnext_unet(path: str, weight_dtype: str = "default",
-                          name: str | None = None) -> comfy.model_patcher.ModelPatcher:
-    """Load a ControlNeXt-SVD UNet file as a ModelPatcher around comfy.model_base.SVD_img2vid."""
+def _core_load(sd: dict[str, torch.Tensor], model_options: dict[str, Any],
+               disable_dynamic: bool) -> comfy.model_patcher.ModelPatcher | None:
+    if not disable_dynamic:
+        return comfy.sd.load_diffusion_model_state_dict(sd, model_options=model_options)
+    # only newer ComfyUI asks for a non-dynamic copy, and only its loader takes the argument
+    return comfy.sd.load_diffusion_model_state_dict(sd, model_options=model_options, disable_dynamic=True)
+
+
+def load_controlnext_unet(path: str, weight_dtype: str = "default", name: str | None = None,
+                          disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """Load a ControlNeXt-SVD UNet file as ComfyUI's MODEL (its patcher around comfy.model_base.SVD_img2vid).
+
+    disable_dynamic: a plain (never dynamic-VRAM) patcher, as newer ComfyUI asks for when it re-creates the model from
+    the patcher's cached_patcher_init recipe (non-dynamic delegates, multi-GPU copies).
+    """
     name = name or os.path.basename(path)
     if weight_dtype not in WEIGHT_DTYPES:
         raise UNetLoadError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     sd, kind = to_comfy_unet_state_dict(read_state_dict(path, name), name)
     unet_config = infer_unet_config(sd, name)
-    model_config = comfy.supported_models.SVD_img2vid(unet_config)
+    expected = expected_unet_tensors(unet_config)
+    _check_coverage(expected, sd, name, kind)
 
-    # dtype selection as comfy.sd.load_diffusion_model_state_dict does it, with the node's override
-    load_device = mm.get_torch_device()
-    offload_device = mm.unet_offload_device()
-    supported = list(model_config.supported_inference_dtypes)
-    unet_dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(
-        model_params=comfy.utils.calculate_parameters(sd), supported_dtypes=supported,
-        weight_dtype=comfy.utils.weight_dtype(sd))
-    manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, supported)
-    model_config.set_inference_dtype(unet_dtype, manual_cast_dtype)
-
-    model = model_config.get_model(sd, "")
-    _check_coverage(model.diffusion_model, sd, name, kind)
-    model = model.to(offload_device)
-    model.load_model_weights(sd, "")
-    log.info("ControlNeXt UNet %s: %s, %d tensors, %s (compute %s), channels %d x %s", name, describe_weights(kind),
-             len(model.diffusion_model.state_dict()), unet_dtype, manual_cast_dtype or unet_dtype,
-             unet_config["model_channels"], unet_config["channel_mult"])
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    # ComfyUI's own loading: detection, dtype (default: mm.unet_dtype for the device), manual cast, patcher class
+    # (CoreModelPatcher where the host has it) and assign-loading under dynamic VRAM.
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    patcher = _core_load(sd, {} if dtype is None else {"dtype": dtype}, disable_dynamic)
+    if patcher is None:
+        raise UNetLoadError(
+            f"{name} passed the ControlNeXt-SVD UNet checks, but this ComfyUI's model detection did not recognise it "
+            f"as an SVD img2vid UNet ({unet_config['model_channels']} channels x {unet_config['channel_mult']}, "
+            f"context {unet_config.get('context_dim')}), so it cannot load it. {_EXPECTED}")
+    if type(patcher.model) is not comfy.model_base.SVD_img2vid:
+        raise UNetLoadError(
+            f"ComfyUI detected {name} as {type(patcher.model).__name__}, not an SVD img2vid UNet (e.g. SV3D has "
+            f"another conditioning width). {_EXPECTED}")
+    model = patcher.model
+    log.info("ControlNeXt UNet %s: %s, %d tensors, %s (compute %s), channels %d x %s, %s", name,
+             describe_weights(kind), len(expected), model.get_dtype(), model.manual_cast_dtype or model.get_dtype(),
+             unet_config["model_channels"], unet_config["channel_mult"], type(patcher).__name__)
+    # the recipe core's own load_diffusion_model leaves on its patchers (newer ModelPatcher.clone / multi-GPU re-load)
+    patcher.cached_patcher_init = (load_controlnext_unet, (path, weight_dtype, name))
+    return patcher

@@ -1,7 +1,9 @@
 """ControlNeXtUNetLoader: every released UNet format loads through the real node and computes what diffusers computes.
 
 Tiny UNets (64/128 channels, SVD block pattern) are built from diffusers' UNetSpatioTemporalConditionModel and
-from ComfyUI's own classes (tests/tiny_pack), saved in the released formats into the session's models folders.
+from ComfyUI's own classes (tests/tiny_pack), saved in the released formats into the session's models folders. The
+loader hands them to ComfyUI's own comfy.sd.load_diffusion_model_state_dict, whose detection knows SVD only at full
+size: the test node pack registers TinySVDImg2Vid (tests/tiny_pack/tiny_svd.py) so it detects the tiny widths too.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import os
 from pathlib import Path
 
 import comfy.model_management as mm
+import comfy.sd
+import comfy.supported_models
 import pytest
 import safetensors.torch
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
 
 from conftest import pack_import, run_graph
-from tiny_pack.tiny_svd import build_tiny_svd
+from tiny_pack.tiny_svd import TinySVDImg2Vid, build_tiny_svd, tiny_svd_detection_removed
 
 FRAMES, H, W = 3, 8, 8  # latent size
 SPEC = Path(__file__).resolve().parent / "data"  # copies of the project spec's key lists
@@ -320,3 +324,44 @@ def test_bin_is_memory_mapped(tmp_path):
     legacy = tmp_path / "legacy.bin"
     torch.save({"w": torch.arange(4.0)}, legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(read_state_dict(str(legacy))["w"], torch.arange(4.0))  # still loads, without mmap
+
+
+# ---- ComfyUI's own loading ---------------------------------------------------------------------------------------
+
+def test_the_loaded_model_is_core_s(comfy_base, monkeypatch):
+    """The checked state dict goes to comfy.sd.load_diffusion_model_state_dict with the chosen dtype; its patcher is
+    the MODEL (so the host's patcher class, dtype and manual-cast rules apply)."""
+    safetensors.torch.save_file(_comfy_tiny_sd(), _models(comfy_base, "diffusion_models") / "tiny_core.safetensors")
+    calls = []
+    core_load = comfy.sd.load_diffusion_model_state_dict
+
+    def spy(sd, model_options=None, **kwargs):
+        calls.append((sorted(sd), dict(model_options or {})))
+        calls.append(core_load(sd, model_options=model_options, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(comfy.sd, "load_diffusion_model_state_dict", spy)
+    patcher = _load("tiny_core.safetensors", "bf16")
+    keys, options = calls[0]
+    assert calls[1] is patcher and options == {"dtype": torch.bfloat16}
+    assert keys == sorted(_comfy_tiny_sd())  # ComfyUI keys without prefix
+    assert _load("tiny_core.safetensors", "default") is calls[-1] and calls[-2][1] == {}  # core picks the dtype
+
+
+def test_refuses_what_core_does_not_detect_as_svd_img2vid(comfy_base):
+    """Core's detection matches SVD only at full size: without the tests' TinySVDImg2Vid a tiny UNet is unknown to
+    it, and one detected as another model (here a tiny SV3D config) is not taken either."""
+    safetensors.torch.save_file(_comfy_tiny_sd(), _models(comfy_base, "diffusion_models") / "tiny_unknown.safetensors")
+    error = pack_import("controlnext.unet_loader").UNetLoadError
+    with tiny_svd_detection_removed(), pytest.raises(error, match="tiny_unknown.safetensors passed the ControlNeXt"):
+        _load("tiny_unknown.safetensors")
+
+    class TinySV3D(comfy.supported_models.SV3D_u):
+        unet_config = TinySVDImg2Vid.unet_config
+
+    comfy.supported_models.models.insert(0, TinySV3D)
+    try:
+        with pytest.raises(error, match="ComfyUI detected tiny_unknown.safetensors as SV3D_u"):
+            _load("tiny_unknown.safetensors")
+    finally:
+        comfy.supported_models.models.remove(TinySV3D)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from .tiny_svd import tiny_svd_conditioning, tiny_svd_patcher
+from .tiny_svd import register_tiny_svd_detection, tiny_svd_conditioning, tiny_svd_patcher
 from .tiny_vae_clip_nodes import ControlNeXtTestTinyCLIPVision, ControlNeXtTestTinyVAE
+
+register_tiny_svd_detection()  # ComfyUI's loaders recognise the tiny SVD UNet files (see TinySVDImg2Vid)
 
 
 class ControlNeXtTestTinySVD(io.ComfyNode):

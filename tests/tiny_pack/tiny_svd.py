@@ -8,6 +8,9 @@ attention head width (64 in ComfyUI's SVD config) is not stored in the weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models
@@ -21,6 +24,46 @@ TINY_UNET_CONFIG = dict(
     use_spatial_context=True, merge_strategy="learned_with_images", merge_factor=0.0, video_kernel_size=[3, 1, 1],
     use_temporal_resblock=True, use_temporal_attention=True, disable_temporal_crossattention=False,
 )
+
+
+class TinySVDImg2Vid(comfy.supported_models.SVD_img2vid):
+    """Test only: ComfyUI's SVD img2vid config, detected at the tiny test widths.
+
+    Core's model detection (comfy.model_detection.model_config_from_unet) matches SVD_img2vid only at full size (320
+    channels, context 1024, a fixed transformer depth list), so without this a tiny UNet file is "not a known model".
+    Everything else (model class, head width 64, sampling, dtypes) is SVD_img2vid's; context 64 keeps it from
+    matching any real model.
+    """
+
+    unet_config = {"model_channels": 64, "in_channels": 8, "context_dim": 64, "adm_in_channels": 768,
+                   "use_linear_in_transformer": True, "use_temporal_attention": True, "use_temporal_resblock": True}
+    controlnext_tiny_test_config = True  # marks it across the two import paths of this module (tiny_pack, node pack)
+
+
+def _registered() -> list[type]:
+    return [m for m in comfy.supported_models.models if getattr(m, "controlnext_tiny_test_config", False)]
+
+
+def register_tiny_svd_detection() -> None:
+    """Append TinySVDImg2Vid to comfy.supported_models.models (once), so core's loaders detect the tiny UNets.
+
+    Done when the test node pack is imported, because tiny UNet files are loaded in every ComfyUI the tests start
+    (in-process, the HTTP server, scripts/render.py --tiny), not in this process only.
+    """
+    if not _registered():
+        comfy.supported_models.models.append(TinySVDImg2Vid)
+
+
+@contextmanager
+def tiny_svd_detection_removed() -> Iterator[None]:
+    """Core's detection as shipped (tiny UNets not recognised) inside the block; registered again afterwards."""
+    removed = _registered()
+    for config in removed:
+        comfy.supported_models.models.remove(config)
+    try:
+        yield
+    finally:
+        comfy.supported_models.models.extend(removed)
 
 
 @torch.no_grad()
