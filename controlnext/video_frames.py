@@ -5,13 +5,14 @@ in system RAM as a whole (ComfyUI's GetVideoComponents converts every frame to f
 would take about 45 GB). Phone videos usually store portrait footage as landscape frames plus a display rotation;
 the frames are turned upright here, as video players do. A trim that newer ComfyUI keeps on a file VIDEO (Load
 Video's edit, Trim Video) is applied here as core's decoder applies it, keeping the same frames (file_trim, trim_pts).
+decode_frames also gives the first kept frame's timestamp, where the sound of the kept span starts (video_audio).
 """
 
 from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import comfy.model_management
 import numpy as np
@@ -74,11 +75,24 @@ def check_selection(stride: int, start_frame: int, max_frames: int) -> None:
                          f"{start_frame}, {max_frames}).")
 
 
+class DecodedFrames(NamedTuple):
+    frames: torch.Tensor  # IMAGE [F,H,W,3] float32 in 0..1, upright
+    fps: float  # the stream's average frame rate
+    first_time: float  # the first kept frame's timestamp in seconds (the clock of the file's sound, too)
+
+
 def read_frames(source: str | IO[bytes], stride: int = 2, start_frame: int = 0, max_frames: int = 0,
                 name: str = "the video", start_time: float = 0.0, duration: float = 0.0,
                 ) -> tuple[torch.Tensor, float]:
+    """decode_frames' (frames, fps)."""
+    decoded = decode_frames(source, stride, start_frame, max_frames, name, start_time, duration)
+    return decoded.frames, decoded.fps
+
+
+def decode_frames(source: str | IO[bytes], stride: int = 2, start_frame: int = 0, max_frames: int = 0,
+                  name: str = "the video", start_time: float = 0.0, duration: float = 0.0) -> DecodedFrames:
     """Decodes frames start_frame, start_frame + stride, ... (at most max_frames; 0 = to the end) of the first
-    video stream, upright. Returns (IMAGE [F,H,W,3] float32 in 0..1, the stream's average frame rate).
+    video stream, upright, and says when the first of them is shown (for the sound of the span).
 
     start_time/duration (seconds, 0 = none) trim the video first, as newer ComfyUI's VideoFromFile decoder does: it
     seeks to the start and keeps the frames whose timestamps fall in trim_pts' window; start_frame counts from the
@@ -89,6 +103,7 @@ def read_frames(source: str | IO[bytes], stride: int = 2, start_frame: int = 0, 
     trimmed = bool(start_time or duration)
     picked: list[np.ndarray | None] = []
     size: tuple[int, int] | None = None
+    first_time = 0.0
     decoded = 0
     try:
         with av.open(source) as container:
@@ -121,6 +136,8 @@ def read_frames(source: str | IO[bytes], stride: int = 2, start_frame: int = 0, 
                     continue
                 if size is None:
                     size = (frame.width, frame.height)
+                    # no timestamp: where a constant frame rate puts it
+                    first_time = float(frame.time) if frame.time is not None else index / fps
                 elif (frame.width, frame.height) != size:  # a mid-stream resolution change: keep one size
                     frame = frame.reformat(width=size[0], height=size[1])
                 picked.append(upright(frame.to_ndarray(format="rgb24"), frame.rotation))
@@ -137,4 +154,4 @@ def read_frames(source: str | IO[bytes], stride: int = 2, start_frame: int = 0, 
     for i in range(len(picked)):  # frame by frame, freeing each decoded frame: no second copy of the whole clip
         out[i] = torch.from_numpy(np.ascontiguousarray(picked[i]))
         picked[i] = None
-    return out.div_(255.0), fps
+    return DecodedFrames(out.div_(255.0), fps, first_time)

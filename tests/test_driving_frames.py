@@ -108,8 +108,10 @@ def saved_images(comfy_base: Path, ui: dict) -> list[np.ndarray]:
 def test_node_takes_decoded_videos_too():
     images = torch.rand(7, 8, 8, 3)
     video = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, frame_rate=Fraction(24)))
-    frames, fps, count = video_nodes.ControlNeXtDrivingFrames.execute(video, 3, 1, 0).args
+    frames, fps, count, audio = video_nodes.ControlNeXtDrivingFrames.execute(video, 3, 1, 0).args
     assert torch.equal(frames, images[1::3]) and fps == 8.0 and count == 2
+    # no sound in the components: silence of the kept span (2 frames x stride 3 at 24 fps = 0.25 s)
+    assert audio["waveform"].shape == (1, 1, round(0.25 * audio["sample_rate"])) and not audio["waveform"].any()
 
 
 def test_clear_errors(tmp_path):

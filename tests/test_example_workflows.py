@@ -143,6 +143,8 @@ def test_workflow_converts_validates_and_runs(path, installed, object_info):
         stream = video.streams.video[0]
         frames = list(video.decode(stream))
         fps = float(stream.average_rate)
+        sound = video.streams.audio[0] if video.streams.audio else None
+        heard = float(sound.duration * sound.time_base) if sound is not None else None
     (selector,) = cw.find_nodes(graph, "ControlNeXtDrivingFrames")
     stride = graph[selector]["inputs"]["stride"]
     if cw.find_nodes(graph, "ControlNeXtPosesForAnimation"):  # frame 0 = the reference pose, then every stride-th
@@ -152,6 +154,10 @@ def test_workflow_converts_validates_and_runs(path, installed, object_info):
     assert fps == 8 // stride  # the driving video's 8 fps // stride, as the official script
     width = SIZE * 2 if cw.find_nodes(graph, "ControlNeXtSideBySide") else SIZE
     assert (frames[0].width, frames[0].height) == (width, SIZE)
+    # the driving frames' sound reaches the output video (silence: this driving video has none), as long as the
+    # kept frames' span: kept x stride / 8 s
+    kept = len(frames) - 1 if cw.find_nodes(graph, "ControlNeXtPosesForAnimation") else len(frames)
+    assert heard == pytest.approx(kept * stride / 8, abs=1 / fps), f"{path.name}: no or wrong sound"
     for p in made:
         p.unlink()
 
