@@ -11,8 +11,10 @@ from .environment import ControlNeXtEnvironmentInfo
 from .guider_node import ControlNeXtGuider
 from .model_setup_node import ControlNeXtModelSetup
 from .paths import register_model_folders
+from .pose_filter_nodes import ControlNeXtSmoothPoses, ControlNeXtTrackPeople
 from .pose_nodes import ControlNeXtAlignPoses, ControlNeXtDrawPoses, ControlNeXtPosesForAnimation
 from .preview_nodes import ControlNeXtPoseOverlay, ControlNeXtSideBySide
+from .retarget_node import ControlNeXtRetargetPoses
 from .sampler_node import ControlNeXtSampler
 from .unet_loader_node import ControlNeXtUNetLoader
 from .video_nodes import ControlNeXtDrivingFrames
@@ -25,9 +27,12 @@ NODES: list[type[io.ComfyNode]] = [
     ControlNeXtDWPoseLoader,
     ControlNeXtDrivingFrames,
     ControlNeXtExtractPoses,
+    ControlNeXtTrackPeople,
+    ControlNeXtSmoothPoses,
     ControlNeXtAlignPoses,
     ControlNeXtDrawPoses,
     ControlNeXtPosesForAnimation,
+    ControlNeXtRetargetPoses,
     ControlNeXtUNetLoader,
     ControlNeXtLoader,
     ControlNeXtApply,
