@@ -49,12 +49,23 @@ def inject(sample: torch.Tensor, control: torch.Tensor, scale: float) -> torch.T
     return sample + control * scale
 
 
+def window_frames(window: Any) -> list[int]:
+    """The global latent frames a context-window model call holds, in order. Newer ComfyUI's causal_window_fix puts
+    the frame before the window in front as an anchor (window.causal_anchor_index, prepended by
+    IndexListContextWindow.get_tensor to the latent and the conds); index_list names the window's own frames only."""
+    frames = [int(i) for i in window.index_list]
+    anchor = getattr(window, "causal_anchor_index", None)
+    if anchor is not None and anchor >= 0:
+        frames.insert(0, int(anchor))
+    return frames
+
+
 def pose_indices(transformer_options: dict[str, Any], frames: int, pose_count: int) -> list[int] | None:
     """Which pose frames this UNet call uses (None: all of them, in order)."""
     if transformer_options.get(POSE_INDICES_KEY) is not None:
         indices, source = [int(i) for i in transformer_options[POSE_INDICES_KEY]], "the ControlNeXt sampler window"
     elif transformer_options.get("context_window") is not None:
-        indices, source = [int(i) for i in transformer_options["context_window"].index_list], "the context window"
+        indices, source = window_frames(transformer_options["context_window"]), "the context window"
     else:
         if pose_count != frames:
             raise ControlNeXtPoseError(
@@ -180,15 +191,35 @@ class ControlNeXtPatch:
 
 
 class SVDIndexListContextHandler(comfy.context_windows.IndexListContextHandler):
-    """ComfyUI 0.3.75's handler compares the whole per-frame sigma vector with the schedule and crashes for SVD,
-    where the frames are the batch; all frames share one sigma, so matching its first entry is exact."""
+    """ContextWindowsManual's handler made right for SVD, where the frames are the batch. Both changes leave what the
+    host already does right as it is, so the swap suits old and new ComfyUI alike."""
 
     def set_step(self, timestep: torch.Tensor, model_options: dict[str, Any]) -> None:
+        # 0.3.75 compares the whole per-frame sigma vector with the schedule and crashes; all frames share one sigma,
+        # so its first entry is exact (newer ComfyUI reads timestep[0] itself: the same step).
         super().set_step(timestep.reshape(-1)[:1], model_options)
+
+    def get_resized_cond(self, cond_in: list[dict] | None, x_in: torch.Tensor, window: Any, *args: Any,
+                         **kwargs: Any) -> list[dict] | None:
+        # Newer ComfyUI's causal_window_fix cuts the latent and SVD's per-frame conds with the anchor frame in front
+        # but still sets num_video_frames to the window's own length, so the UNet's temporal layers would group the
+        # rows into wrong videos (an einops error, or silently for 2-frame windows). Give the frames the call holds.
+        resized = super().get_resized_cond(cond_in, x_in, window, *args, **kwargs)
+        frames = len(window_frames(window))
+        if resized is None or frames == len(window.index_list):
+            return resized
+        for cond in resized:
+            model_conds = cond.get("model_conds")
+            if isinstance(model_conds, dict) and "num_video_frames" in model_conds:
+                count = model_conds["num_video_frames"]
+                cond["model_conds"] = dict(model_conds, num_video_frames=count._copy_with(frames))
+        return resized
 
 
 def fix_context_handler(model_options: dict[str, Any]) -> None:
-    """Swap a stock IndexListContextHandler (ContextWindowsManual) for the SVD-safe subclass, in this dict only."""
+    """Swap a stock IndexListContextHandler (ContextWindowsManual) for the SVD-safe subclass, in this dict only. A
+    shallow copy with its class changed keeps every field the host's constructor set (causal_window_fix, the retain
+    lists, freenoise on newer ComfyUI), and the subclass inherits all the host's other methods."""
     handler = model_options.get("context_handler")
     if type(handler) is comfy.context_windows.IndexListContextHandler:
         fixed = copy.copy(handler)

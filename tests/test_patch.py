@@ -57,8 +57,11 @@ def reference_patch(poses_nhwc: torch.Tensor, strength: float, variant: str = "o
             return h
         kinds = to["cond_or_uncond"]
         n = h.shape[0] // len(kinds)
-        if to.get("context_window") is not None:
-            frames = poses[to["context_window"].index_list]
+        window = to.get("context_window")
+        if window is not None:
+            # newest comfy/context_windows.py IndexListContextWindow.get_tensor: the causal anchor frame goes first
+            anchor = getattr(window, "causal_anchor_index", None)
+            frames = poses[([anchor] if anchor is not None and anchor >= 0 else []) + list(window.index_list)]
         else:
             frames = poses
         sigma = to["sigmas"].reshape(-1)[0]
@@ -211,6 +214,23 @@ def test_pose_indices_and_context_window_select_frames(setup):
         unet(applied, x, SIGMA, [0], {patch_mod.POSE_INDICES_KEY: [0, 1, 2, 9]})
     with pytest.raises(patch_mod.ControlNeXtPoseError, match="lists 3 pose frames but the model call has 4"):
         unet(applied, x, SIGMA, [0], {patch_mod.POSE_INDICES_KEY: [0, 1, 2]})
+
+
+def test_causal_anchor_frame_gets_its_own_pose(setup):
+    """Newer ComfyUI's causal_window_fix puts the frame before the window in front of it (window.causal_anchor_index,
+    not in index_list): the model call holds frames [2, 3, 5, 6] for index_list [3, 5, 6]."""
+    svd, _, _, x = setup
+    poses = make_poses(frames=7, seed=4)
+    applied = patch_mod.apply_controlnext(svd, controlnext_model(), poses)
+    window = comfy.context_windows.IndexListContextWindow([3, 5, 6])
+    window.causal_anchor_index = 2  # set by the newest IndexListContextHandler.evaluate_context_windows
+    ref = unet(with_reference(svd, poses), x, SIGMA, [1, 0], {"context_window": window})
+    ours = unet(applied, x, SIGMA, [1, 0], {"context_window": window})
+    by_indices = unet(applied, x, SIGMA, [1, 0], {patch_mod.POSE_INDICES_KEY: [2, 3, 5, 6]})
+    assert rel(ours[1], ref[1]) < TOL and torch.equal(ours[1], by_indices[1])
+    window.causal_anchor_index = -1  # no anchor (the source checks >= 0): the window's own three frames
+    with pytest.raises(patch_mod.ControlNeXtPoseError, match="lists 3 pose frames but the model call has 4"):
+        unet(applied, x, SIGMA, [0], {"context_window": window})
 
 
 def test_pose_size_must_match_the_latent(setup):
