@@ -4,13 +4,14 @@
     .venv/bin/python scripts/render.py --ref photo.jpg --driving poses.mp4 --pose-video --out out.mp4
     .venv/bin/python scripts/render.py --tiny --ref photo.jpg --driving dance.mp4 --out check.mp4  # plumbing check
 
-ComfyUI 0.3.75 (.host/ComfyUI, base dir .host/base) is booted in-process; the example workflow
-(example_workflows/controlnext_svd_dance_video.json, or controlnext_svd_pose_video.json with --pose-video) is
-converted to the API format with scripts/comfy_workflow.py, its inputs are set from the command line, and it is
-validated and executed with ComfyUI's own validate_prompt and PromptExecutor. Writes --out (the generated video,
-frame 0 = the reference, as the official code) and <out stem>-side-by-side.mp4 (pose | generated). --tiny swaps the
-model loaders for tiny random models (tests/tiny_pack), so the command runs on any machine: a plumbing check whose
-output is noise. The driving video is strided and trimmed here (--stride, --frames) before the workflow loads it.
+The ComfyUI that scripts/setup_host.sh linked (.host/ComfyUI: 0.3.75 by default, any other with CONTROLNEXT_COMFYUI;
+base dir .host/base) is booted in-process; the example workflow (example_workflows/controlnext_svd_dance_video.json,
+or controlnext_svd_pose_video.json with --pose-video) is converted to the API format with scripts/comfy_workflow.py,
+its inputs are set from the command line, and it is validated and executed with ComfyUI's own validate_prompt and
+PromptExecutor (scripts/comfy_boot.py: run_prompt). Writes --out (the generated video, frame 0 = the reference, as
+the official code) and <out stem>-side-by-side.mp4 (pose | generated). --tiny swaps the model loaders for tiny random
+models (tests/tiny_pack), so the command runs on any machine: a plumbing check whose output is noise. The driving
+video is strided and trimmed here (--stride, --frames) before the workflow loads it.
 
 The repo root is never put on sys.path (its nodes/ package would shadow ComfyUI's `nodes`).
 """
@@ -497,24 +498,23 @@ def run(args: argparse.Namespace) -> None:
 def execute(graph: dict[str, Any], execution: ModuleType) -> tuple[Any, Any]:
     """validate_prompt + PromptExecutor (no cache: one run), then the captured (result, poses) frames."""
     import server
+    from comfy_boot import run_prompt  # scripts/ is on sys.path when this file runs as a script
 
     srv = server.PromptServer.instance
     srv.graph = graph
-    prompt_id = str(uuid.uuid4())
-    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, graph, None))
-    if not valid:
+    CaptureImages.captured.clear()
+    run = run_prompt(execution, srv, graph, {"client_id": "render"})
+    if not run.valid:
         details = "\n".join(f"  node {nid} ({graph.get(nid, {}).get('class_type')}): "
                             + "; ".join(f"{e.get('message')}: {e.get('details')}" for e in info.get("errors", []))
-                            for nid, info in (node_errors or {}).items())
-        raise RenderError(f"the workflow is not valid: {error.get('message')}: {error.get('details')}\n{details}")
-    CaptureImages.captured.clear()
-    executor = execution.PromptExecutor(srv, cache_type=execution.CacheType.NONE, cache_args={"lru": 0, "ram": 0})
-    executor.execute(graph, prompt_id, {"client_id": "render"}, outputs)
-    if not executor.success:
-        for event, data in executor.status_messages:
-            if event == "execution_error":
-                raise RenderError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                                  f"{data.get('exception_type')}: {data.get('exception_message')}")
+                            for nid, info in run.node_errors.items())
+        raise RenderError(f"the workflow is not valid: {run.error.get('message')}: {run.error.get('details')}\n"
+                          f"{details}")
+    if not run.success:
+        error = run.execution_error()
+        if error is not None:
+            raise RenderError(f"node {error.get('node_id')} ({error.get('node_type')}) failed: "
+                              f"{error.get('exception_type')}: {error.get('exception_message')}")
         raise RenderError("the workflow did not finish (interrupted?)")
     return CaptureImages.captured["result"], CaptureImages.captured["poses"]
 

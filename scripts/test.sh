@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: builds (or reuses) the host, lints, then runs pytest in the real ComfyUI.
 #   bash scripts/test.sh [pytest args...]
+#   CONTROLNEXT_COMFYUI=v0.38.1 bash scripts/test.sh   # the same suite on another ComfyUI: a git ref of
+#                                                     # Comfy-Org/ComfyUI or a ComfyUI folder (scripts/setup_host.sh)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -48,7 +47,8 @@ def _load_script_module(name: str) -> ModuleType:
     return module
 
 
-nodes = _load_script_module("comfy_boot").boot_comfy(COMFY, BASE, cpu=True)
+comfy_boot = _load_script_module("comfy_boot")
+nodes = comfy_boot.boot_comfy(COMFY, BASE, cpu=True)
 
 # isort: split
 import execution  # noqa: E402
@@ -111,16 +111,13 @@ class GraphInvalid(Exception):
 
 
 def run_graph(graph: dict[str, Any]) -> GraphRun:
-    """Validate and execute an API-format graph with ComfyUI's own validate_prompt and PromptExecutor (no cache)."""
-    prompt_id = str(uuid.uuid4())
-    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, graph, None))
-    if not valid:
-        raise GraphInvalid(error, node_errors)
-    executor = execution.PromptExecutor(STUB_SERVER, cache_type=execution.CacheType.NONE,
-                                        cache_args={"lru": 0, "ram": 0})
+    """Validate and execute an API-format graph with ComfyUI's own validate_prompt and PromptExecutor (no cache), the
+    way scripts/render.py does (scripts/comfy_boot.py: run_prompt)."""
     STUB_SERVER.messages.clear()
-    executor.execute(graph, prompt_id, {}, outputs)
-    return GraphRun(executor.success, executor.history_result.get("outputs", {}), list(executor.status_messages))
+    run = comfy_boot.run_prompt(execution, STUB_SERVER, graph)
+    if not run.valid:
+        raise GraphInvalid(run.error, run.node_errors)
+    return GraphRun(run.success, run.outputs, run.messages)
 
 
 @pytest.fixture

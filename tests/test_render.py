@@ -20,7 +20,7 @@ RENDER = ROOT / "scripts" / "render.py"
 REAL_MODELS = [  # what the example workflow loads; when all are installed the missing-models run cannot happen
     ROOT / ".host" / "base" / "models" / "checkpoints" / "svd_xt_1_1.safetensors",
 ]
-TIMEOUT = 240
+TIMEOUT = 480  # per render; a render takes ~30 s alone, several minutes on a machine loaded 5x over
 
 
 def write_synthetic_video(path: Path, frames: int = 8, width: int = 96, height: int = 128) -> None:
