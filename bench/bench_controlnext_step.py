@@ -10,6 +10,8 @@ patched run is apply_controlnext's model.clone(), which shares those weights. Th
 ControlNeXt-SVD v2 network (320 output channels) with seeded weights. Each denoising step runs as ControlNeXtSampler
 runs it: ControlNeXtGuider (cfg 3 on every frame: cond and uncond) + ComfyUI's euler sampler, windows 24/overlap 6.
 
+"plan f" / "plan MB" are the frames and bytes core's estimate_memory plans the model load for (what ComfyUI keeps
+free in VRAM on a GPU): the guider's PREPARE_SAMPLING wrapper makes that one window, whatever the video length.
 Memory is the process's resident-set high-water mark (VmHWM of /proc/self/status), reset before each run through
 /proc/self/clear_refs (5) after gc and malloc_trim, so every run's peak is its own; "peak" is that high-water
 mark, "+base" is peak minus the RSS just before the run (model, poses and latents already allocated).
@@ -163,9 +165,24 @@ def run_once(pack: Any, model: Any, frames: int, size: int, steps: int, patched:
     def stamp(*_: Any) -> None:
         stamps.append((time.perf_counter(), time.process_time()))
 
+    # what core plans the model load for (its estimate_memory, called from prepare_sampling): one window, cond+uncond
+    import comfy.sampler_helpers
+
+    estimate = comfy.sampler_helpers.estimate_memory
+    plans: list[tuple[tuple[int, ...], float]] = []
+
+    def recording_estimate(patcher: Any, noise_shape: Any, conds: Any) -> Any:
+        required = estimate(patcher, noise_shape, conds)
+        plans.append((tuple(noise_shape), required[0] / MB))
+        return required
+
     base = reset_peak()
     stamp()
-    out = guider.sample(noise, latent, sampler, sigmas, callback=stamp, disable_pbar=True, seed=1)
+    comfy.sampler_helpers.estimate_memory = recording_estimate
+    try:
+        out = guider.sample(noise, latent, sampler, sigmas, callback=stamp, disable_pbar=True, seed=1)
+    finally:
+        comfy.sampler_helpers.estimate_memory = estimate
     peak = hwm_mb()
     if not torch.isfinite(out).all():
         raise RuntimeError("the sampled latent is not finite: the benchmark init is broken")
@@ -178,6 +195,7 @@ def run_once(pack: Any, model: Any, frames: int, size: int, steps: int, patched:
         "median_cpu_s": statistics.median(cpu[1:]) if len(cpu) > 1 else cpu[0],
         "base_mb": base, "peak_mb": peak, "latent_mb": latent.numel() * latent.element_size() / MB,
         "pose_image_mb": frames * size * size * 3 * 4 / MB,
+        "plan_frames": plans[0][0][0] if plans else None, "plan_mb": plans[0][1] if plans else None,
     }
 
 
@@ -280,13 +298,15 @@ def _show(row: dict) -> None:
     else:
         print(f"#   {row['variant']:>11} {row['frames']}f {row['size']}px: steps "
               f"{', '.join(f'{s:.1f}' for s in row['step_s'])} s; peak {row['peak_mb']:.0f} MB "
-              f"(base {row['base_mb']:.0f})", flush=True)
+              f"(base {row['base_mb']:.0f}); memory planned for {row['plan_frames']} frames "
+              f"({row['plan_mb']:.0f} MB)", flush=True)
 
 
 def table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
     head = (f"{'configuration':<30}{'win':>4}{'s/step':>8}{'cpu s':>8}{'peak MB':>9}{'+base MB':>9}"
-            f"{'d wall':>8}{'d cpu':>8}{'d peak MB':>10}{'latent MB':>10}{'poses MB':>9}")
+            f"{'d wall':>8}{'d cpu':>8}{'d peak MB':>10}{'latent MB':>10}{'poses MB':>9}{'plan f':>7}"
+            f"{'plan MB':>8}")
     print(head)
     print("-" * len(head))
     native = {(r["dtype"], r["frames"], r["size"]): r for r in rows if r["variant"] == "native"}
@@ -300,7 +320,7 @@ def table(rows: list[dict], title: str) -> None:
         name = f"{r['variant']} {r['dtype']} {r['size']}px {r['frames']}f"
         print(f"{name:<30}{r['windows']:>4}{r['median_s']:>8.2f}{r['median_cpu_s']:>8.2f}{r['peak_mb']:>9.0f}"
               f"{r['peak_mb'] - r['base_mb']:>9.0f}{d_time:>8}{d_cpu:>8}{d_peak:>10}{r['latent_mb']:>10.2f}"
-              f"{r['pose_image_mb']:>9.1f}")
+              f"{r['pose_image_mb']:>9.1f}{r['plan_frames'] or '':>7}{r['plan_mb'] or 0:>8.0f}")
 
 
 def main() -> None:
