@@ -289,6 +289,25 @@ def apply_fit(frame: PoseFrame, fit: PoseFit) -> PoseFrame:
     return PoseFrame(width=w, height=h, people=people)
 
 
+def unapply_fit(frame: PoseFrame, fit: PoseFit, size: tuple[int, int]) -> PoseFrame:
+    """The inverse of apply_fit: a frame on the canvas moved back into a driving frame of `size` (width, height)
+    pixels, so poses changed on the canvas (retargeted) can be drawn over the driving video. Points not found stay
+    [0, 0, 0]."""
+    w, h = fit.canvas
+    src = np.array([float(w), float(h)])
+    dst = np.array([float(size[0]), float(size[1])])
+
+    def move(points: np.ndarray) -> np.ndarray:
+        out = points.astype(np.float64)
+        found = ~np.all(points == 0, axis=1)
+        out[found, :2] = (out[found, :2] / src - fit.b) / fit.a * dst
+        return out.astype(np.float32)
+
+    people = [Person(body=move(p.body), face=move(p.face), left_hand=move(p.left_hand),
+                     right_hand=move(p.right_hand), box=None, box_score=p.box_score) for p in frame.people]
+    return PoseFrame(width=int(size[0]), height=int(size[1]), people=people)
+
+
 def align_frames(reference: PoseFrame, driving: list[PoseFrame],
                  options: AlignOptions | None = None) -> tuple[list[PoseFrame], PoseFit]:
     """Fit once on all driving frames, then move every frame onto the reference canvas."""

@@ -23,13 +23,23 @@ def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor
     return pixels.movedim(1, -1).clamp_(0.0, 1.0)
 
 
+COMPARE_COLOUR = (1.0, 1.0, 1.0)  # the compared (e.g. raw) skeleton: white, a colour the pose palette never uses
+# "skeleton only" coverage = the pose pixel's brightest channel x this: the official limbs are dimmed to 60 % and
+# scaled by their scores, so at x1 a confident limb let 40-50 % of the photo through (pale lines); x2 draws it solid,
+# while weak limbs (low scores) stay faint, as they should
+COVERAGE_GAIN = 2.0
+
+
 def overlay_poses(reference: torch.Tensor, poses: torch.Tensor, opacity: float = 0.8,
-                  mode: str = OVERLAY_MODES[0]) -> torch.Tensor:
+                  mode: str = OVERLAY_MODES[0], compare: torch.Tensor | None = None) -> torch.Tensor:
     """Each pose image drawn over the reference: one output frame per pose frame, at the reference's size.
 
     reference: 1 image (used under every pose frame) or as many images as poses (paired, e.g. generated frames).
-    "skeleton only" covers the photo only where the pose image is drawn (its brightest channel is the coverage, so
-    the black ground leaves the photo untouched); "blend" mixes the whole pose image in, black ground included.
+    "skeleton only" covers the photo only where the pose image is drawn (its brightest channel times COVERAGE_GAIN is
+    the coverage, so the black ground leaves the photo untouched); "blend" mixes the whole pose image in, black ground
+    included.
+    compare: pose images (one per pose frame) drawn first, in white, under the poses: e.g. the raw detections under
+    the processed poses, so what a stage changed shows as white next to colour.
     """
     _check_images(reference, "reference")
     _check_images(poses, "pose images")
@@ -43,11 +53,21 @@ def overlay_poses(reference: torch.Tensor, poses: torch.Tensor, opacity: float =
                          "image (drawn under every pose) or exactly one image per pose frame")
     ref = reference[..., :3]
     pose = resize_images(poses[..., :3].to(ref.device, ref.dtype), ref.shape[1], ref.shape[2])
+    base = ref.expand_as(pose)
+    if compare is not None:
+        _check_images(compare, "compared pose images")
+        if compare.shape[0] != n_pose:
+            raise ValueError(f"{compare.shape[0]} compared pose frames for {n_pose} pose frames: compare poses of the "
+                             "same frames (e.g. raw_poses with poses of ControlNeXt Poses For Animation)")
+        other = resize_images(compare[..., :3].to(ref.device, ref.dtype), ref.shape[1], ref.shape[2])
+        cover = other.amax(dim=-1, keepdim=True).mul_(COVERAGE_GAIN).clamp_(0.0, 1.0).mul_(opacity)
+        base = torch.lerp(base, torch.tensor(COMPARE_COLOUR, dtype=ref.dtype, device=ref.device).expand_as(base),
+                          cover)
     if mode == "blend":
         alpha = torch.full_like(pose[..., :1], opacity)
     else:
-        alpha = pose.amax(dim=-1, keepdim=True).mul_(opacity)
-    return torch.lerp(ref.expand_as(pose), pose, alpha)
+        alpha = pose.amax(dim=-1, keepdim=True).mul_(COVERAGE_GAIN).clamp_(0.0, 1.0).mul_(opacity)
+    return torch.lerp(base, pose, alpha)
 
 
 def match_frame_counts(left: torch.Tensor, right: torch.Tensor,

@@ -1,10 +1,12 @@
-"""The DWPOSE object: YOLOX-L boxes -> DWPose whole-body keypoints for a batch of frames, at native resolution."""
+"""The DWPOSE object: YOLOX-L boxes -> DWPose whole-body keypoints for a batch of frames, at native resolution; and
+the pose stages between detection and drawing (run_pose_stages: track -> smooth -> align -> retarget)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import comfy.model_management as mm
 import comfy.utils
@@ -13,8 +15,13 @@ import torch
 
 from . import detector as det
 from . import estimator as est
+from .align import AlignOptions, PoseFit, aligned_arrays, apply_fit, compute_fit, unapply_fit
 from .backends import ModelFileError, OnnxModel, TorchScriptModel, batch_from_name, load_model
+from .draw import frame_arrays
 from .keypoints import PoseFrame, person_from_wholebody
+from .retarget import RetargetOptions, retarget_frames
+from .smooth import SmoothOptions, smooth_frames
+from .track import TrackOptions, track_frames
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +201,104 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
         np.rint(buf, out=buf)
         out[i] = buf
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pose stages between detection and drawing (ControlNeXtPosesForAnimation's options)
+# ----------------------------------------------------------------------------------------------------------------
+STAGE_ORDER = "track -> smooth -> align -> retarget"
+
+
+@dataclass
+class PoseStages:
+    """The optional stages; None = off. All off = the official preprocessing, bit for bit."""
+
+    track: TrackOptions | None = None
+    smooth: SmoothOptions | None = None
+    retarget: RetargetOptions | None = None
+
+    @property
+    def official(self) -> bool:
+        return self.track is None and self.smooth is None and self.retarget is None
+
+
+@dataclass
+class StagedPoses:
+    """The driving poses through the stages.
+
+    raw: DWPose's detections (driving-frame pixels); driving: after track and smooth (driving-frame pixels, what the
+    fit sees and, without retargeting, what is drawn through the fit); canvas: the retargeted poses on the reference
+    canvas (None without retargeting)."""
+
+    raw: list[PoseFrame]
+    driving: list[PoseFrame]
+    fit: PoseFit
+    canvas: list[PoseFrame] | None = None
+    sections: list[tuple[str, str]] = field(default_factory=list)  # (stage, its report)
+
+    def draw_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised canvas arrays of driving frame i for draw.draw_pose_arrays. Without retargeting they come
+        from the fit in float64 (align.aligned_arrays, the official path); retargeted frames are canvas pixels."""
+        if self.canvas is None:
+            return aligned_arrays(self.driving[i], self.fit)
+        return frame_arrays(self.canvas[i])
+
+    def processed(self) -> list[PoseFrame]:
+        """The final driving poses in the driving frames' pixels (retargeted ones moved back through the fit), to
+        draw over the driving video next to the raw detections."""
+        if self.canvas is None:
+            return self.driving
+        return [unapply_fit(c, self.fit, (d.width, d.height)) for c, d in zip(self.canvas, self.driving, strict=True)]
+
+    def describe(self) -> str:
+        """The fit's description alone when every stage is off (as before the stages existed); else one section per
+        stage in the order they ran."""
+        if len(self.sections) == 1:
+            return self.sections[0][1]
+        lines = [f"pose stages: {STAGE_ORDER} (off stages skipped)"]
+        for name, text in self.sections:
+            lines.append(f"[{name}]")
+            lines += ["  " + line for line in text.splitlines()]
+        return "\n".join(lines)
+
+
+def run_pose_stages(reference: PoseFrame, driving: list[PoseFrame], align_options: AlignOptions | None = None,
+                    stages: PoseStages | None = None) -> StagedPoses:
+    """Track, smooth, align, retarget, in that order, each only when on:
+    - track first: DWPose lists people in a new order every frame, and every later stage works per list position
+      (smoothing filters slot k over time, retargeting measures slot k's bones); with only the dancer kept, every
+      frame the dancer is seen in is a single-person frame, so the official fit can use it;
+    - smooth on the driving video's own pixels, where DWPose's jitter is, before the fit and before retargeting
+      measures the dancer's bone lengths (jitter lengthens the clip's typical bone, the 90th percentile);
+    - retarget after the alignment, on the reference canvas: the one-scale refit there is the identity, so every
+      bone gets exactly the reference's pixel length (aligning after retargeting would refit the scale on the new
+      skeleton and change those lengths), and nothing after it moves a joint again.
+    """
+    stages = stages or PoseStages()
+    frames = list(driving)
+    sections: list[tuple[str, str]] = []
+    if stages.track is not None:
+        frames, tracked = track_frames(frames, stages.track)
+        sections.append(("track", tracked.describe()))
+    if stages.smooth is not None:
+        frames, report = smooth_frames(frames, stages.smooth)
+        sections.append(("smooth", report.describe()))
+    fit = compute_fit(reference, frames, align_options)
+    sections.append(("align", fit.describe()))
+    staged = StagedPoses(raw=list(driving), driving=frames, fit=fit, sections=sections)
+    if stages.retarget is not None:
+        aligned = [apply_fit(f, fit) for f in frames]
+        ref = reference
+        if fit.reference_person is not None:  # measure the person the alignment used, not only the best-scoring
+            ref = PoseFrame(reference.width, reference.height, [reference.people[fit.reference_person]])
+        result = retarget_frames(ref, aligned, stages.retarget)
+        staged.canvas = result.frames
+        text = result.describe()
+        if ref is not reference and len(reference.people) > 1:
+            text += (f"\nmeasured reference person {fit.reference_person} of {len(reference.people)} (the one the "
+                     "alignment uses; listed above as person 0)")
+        sections.append(("retarget", text))
+    for name, text in sections:
+        if name != "align":  # compute_fit logs its own report
+            log.info("ControlNeXt pose stage %s:\n%s", name, text)
+    return staged

@@ -236,6 +236,8 @@ def _link_costs(tracks: _Tracks, ids: np.ndarray, det: _Detections, rows: np.nda
 def _assign(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """linear_assignment, with the common case answered directly: when every row of the smaller side has a different
     cheapest partner, taking those is optimal (each pays its minimum)."""
+    if cost.size == 0:  # no track and detection within reach of each other (someone new, far away): no links
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
     if cost.shape[0] <= cost.shape[1]:
         best = np.argmin(cost, axis=1)
         if len(set(best.tolist())) == len(best):

@@ -18,12 +18,13 @@ from ..dwpose.align import (
     PERSON_CHOICES,
     AlignOptions,
     align_frames,
-    aligned_arrays,
-    compute_fit,
 )
 from ..dwpose.draw import draw_frame, draw_pose_arrays, frame_arrays
 from ..dwpose.keypoints import PoseFrame, from_pose_keypoint, to_pose_keypoint
-from ..dwpose.pipeline import images_to_uint8
+from ..dwpose.pipeline import STAGE_ORDER, PoseStages, images_to_uint8, run_pose_stages
+from ..dwpose.retarget import ANCHOR_CHOICES, RetargetOptions
+from ..dwpose.smooth import METHOD_CHOICES, SmoothOptions
+from ..dwpose.track import KEEP_CHOICES, SELECT_CHOICES, TrackOptions
 from .dwpose_nodes import DWPoseType, PoseKeypoint
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,66 @@ def _alignment_inputs() -> list[io.Input]:
         io.Float.Input("offset_y", default=0.0, min=-8192.0, max=8192.0, step=1.0, optional=True,
                        tooltip="Extra vertical shift in canvas pixels (positive = down), applied last."),
     ]
+
+
+TRACK_CHOICES = ("off", *SELECT_CHOICES)
+
+
+def _stage_inputs() -> list[io.Input]:
+    """The optional pose stages, in the order they run (after the alignment inputs: saved workflows keep their
+    widget positions). Their defaults switch every stage off: the official preprocessing."""
+    return [
+        io.Combo.Input("track", options=list(TRACK_CHOICES), default=TRACK_CHOICES[0], optional=True,
+                       tooltip="Follow the people through the driving video and keep only the dancer, chosen in the "
+                       "first frame with people: largest, highest score, track_index, or nearest to track_x, "
+                       "track_y. Stops bystanders and identity swaps from driving the video. off = official."),
+        io.Int.Input("track_index", default=0, min=0, max=64, optional=True,
+                     tooltip="track = index: the dancer's position in the first driving frame's people list (0 = "
+                     "first)."),
+        io.Float.Input("track_x", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip="track = nearest to point: horizontal position as a fraction of the driving frame "
+                       "width (0 = left, 1 = right)."),
+        io.Float.Input("track_y", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip="track = nearest to point: vertical position as a fraction of the driving frame "
+                       "height (0 = top, 1 = bottom)."),
+        io.Float.Input("smooth_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                       tooltip="Take DWPose's jitter out of the driving poses over time (body, hands and face alike; "
+                       "dropouts up to 4 frames filled). 0 = off (official); 0.5 = a good start; 1 = strongest. "
+                       "Fast moves stay sharp."),
+        io.Combo.Input("smooth_method", options=list(METHOD_CHOICES), default=METHOD_CHOICES[0], optional=True,
+                       tooltip="savitzky-golay = local quadratic fits with a window that shrinks on fast moves; "
+                       "one-euro = the speed-adaptive 1-euro low-pass, run forwards and backwards (no lag)."),
+        io.Float.Input("retarget_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                       tooltip="Give the aligned driving skeleton the reference person's proportions, bone by bone "
+                       "(directions kept). 0 = off (official: one scale for the whole clip); 1 = the reference's "
+                       "bone lengths. Bones the reference does not show keep the fitted scale."),
+        io.Combo.Input("retarget_anchor", options=list(ANCHOR_CHOICES), default=ANCHOR_CHOICES[0], optional=True,
+                       tooltip="What retargeting keeps where the aligned dancer had it: feet (the lower ankle), hips "
+                       "or neck; a missing anchor falls back to the next one without a jump."),
+    ]
+
+
+def _stages(kwargs: dict) -> PoseStages:
+    track = kwargs.get("track") or TRACK_CHOICES[0]
+    if track not in TRACK_CHOICES:
+        raise ValueError(f"track={track!r}: choose one of {', '.join(TRACK_CHOICES)}")
+    stages = PoseStages()
+    if track != "off":  # inside this node only the dancer goes on: the drawn video shows one person
+        stages.track = TrackOptions(select=track, keep=KEEP_CHOICES[0], index=int(kwargs.get("track_index") or 0),
+                                    x=float(_given(kwargs, "track_x", 0.5)), y=float(_given(kwargs, "track_y", 0.5)))
+    smooth = float(kwargs.get("smooth_strength") or 0.0)
+    if smooth > 0:
+        stages.smooth = SmoothOptions(body=smooth, hands=smooth, face=smooth,
+                                      method=kwargs.get("smooth_method") or METHOD_CHOICES[0])
+    retarget = float(kwargs.get("retarget_strength") or 0.0)
+    if retarget > 0:
+        stages.retarget = RetargetOptions(strength=retarget, anchor=kwargs.get("retarget_anchor") or ANCHOR_CHOICES[0])
+    return stages
+
+
+def _given(kwargs: dict, key: str, default: object) -> object:
+    value = kwargs.get(key)
+    return default if value is None else value
 
 
 def _options(kwargs: dict) -> AlignOptions:
@@ -174,7 +235,10 @@ class ControlNeXtPosesForAnimation(io.ComfyNode):
                 "The official ControlNeXt-SVD-v2 preprocessing in one node: fits the reference image to width x height "
                 "(cover resize, centre crop), detects poses on it and on every driving frame (native resolution), "
                 "aligns the driving poses to the reference person and renders them. pose_images has one more frame "
-                "than the driving video: frame 0 is the reference's own pose, as ControlNeXt Apply expects."
+                "than the driving video: frame 0 is the reference's own pose, as ControlNeXt Apply expects. "
+                f"Optional stages, all off by default (= official), run in the order {STAGE_ORDER}: keep only the "
+                "dancer, take out DWPose's jitter, give the skeleton the reference person's proportions. poses and "
+                "raw_poses (driving-frame pixels) go to ControlNeXt Pose Overlay with the driving frames to compare."
             ),
             inputs=[
                 DWPoseType.Input("dwpose", tooltip="From ControlNeXt DWPose Loader."),
@@ -187,12 +251,18 @@ class ControlNeXtPosesForAnimation(io.ComfyNode):
                              tooltip="Output height in pixels, a multiple of 64 (official: 1024)."),
                 *_toggle_inputs(),
                 *_alignment_inputs(),
+                *_stage_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="pose_images", tooltip="Reference pose + aligned driving poses "
                                 "(driving frames + 1), width x height."),
                 io.Image.Output(display_name="reference", tooltip="The reference image fitted to width x height."),
-                io.String.Output(display_name="info", tooltip="The fitted scale and offset, frames used, warnings."),
+                io.String.Output(display_name="info", tooltip="The fitted scale and offset, frames used, warnings; "
+                                 "with stages on, what each stage did."),
+                PoseKeypoint.Output(display_name="poses", tooltip="The driving poses as drawn (after the stages), in "
+                                    "the driving frames' pixels: for ControlNeXt Pose Overlay on the driving frames."),
+                PoseKeypoint.Output(display_name="raw_poses", tooltip="DWPose's detections on the driving frames, "
+                                    "untouched (driving-frame pixels): Pose Overlay's compare_poses shows them."),
             ],
         )
 
@@ -202,14 +272,17 @@ class ControlNeXtPosesForAnimation(io.ComfyNode):
                 **kwargs: object) -> io.NodeOutput:
         check_video_size(width, height)
         opts = _options(kwargs)
+        stages = _stages(kwargs)  # bad stage settings fail before the detector runs
         if reference.shape[0] > 1:
             log.warning("ControlNeXt PosesForAnimation: %d reference images; using the first", reference.shape[0])
         fitted = fit_reference(reference[:1, ..., :3], width, height)
         ref_frame = dwpose.detect(images_to_uint8(fitted))[0]
         driving = dwpose.detect(images_to_uint8(driving_frames))
-        fit = compute_fit(ref_frame, driving, opts)
+        staged = run_pose_stages(ref_frame, driving, opts, stages)
         toggles = (include_body, include_hand, include_face)
         jobs = [partial(draw_pose_arrays, *frame_arrays(ref_frame), height, width, *toggles)]  # frame 0: the reference
-        jobs += [partial(draw_pose_arrays, *aligned_arrays(f, fit), height, width, *toggles) for f in driving]
-        text = fit.describe()
-        return io.NodeOutput(_render_all(jobs, height, width), fitted, text, ui=ui.PreviewText(text))
+        jobs += [partial(draw_pose_arrays, *staged.draw_arrays(i), height, width, *toggles)
+                 for i in range(len(driving))]
+        text = staged.describe()
+        return io.NodeOutput(_render_all(jobs, height, width), fitted, text, to_pose_keypoint(staged.processed()),
+                             to_pose_keypoint(driving), ui=ui.PreviewText(text))

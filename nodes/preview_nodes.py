@@ -56,39 +56,52 @@ class ControlNeXtPoseOverlay(io.ComfyNode):
             display_name="ControlNeXt Pose Overlay",
             category="ControlNeXt-SVD/preview",
             description=(
-                "Draws the aligned skeletons over the fitted reference photo, one image per pose frame, so an "
-                "alignment problem (figure too small, shifted, wrong person) shows before the GPU minutes are "
-                "spent. Give pose images (frame 0 = the reference's own pose, which should sit on the person) or "
-                "POSE_KEYPOINT frames (drawn at the reference's size)."
+                "Draws skeletons over photos, one image per pose frame, so a problem shows before the GPU minutes "
+                "are spent. Over the fitted reference (pose_images of ControlNeXt Poses For Animation): the "
+                "alignment (frame 0, the reference's own pose, should sit on the person). Over the driving frames "
+                "(its poses output, with raw_poses as compare_poses): what tracking, smoothing and retargeting "
+                "changed, the processed skeleton in colour over DWPose's raw one in white."
             ),
             inputs=[
-                io.Image.Input("reference", tooltip="The reference fitted to width x height (the 'reference' output "
-                               "of ControlNeXt Poses For Animation); one image, or one per pose frame."),
+                io.Image.Input("reference", tooltip="The photos to draw on: the reference fitted to width x height "
+                               "(the 'reference' output of ControlNeXt Poses For Animation), or the driving frames; "
+                               "one image, or one per pose frame."),
                 io.Image.Input("pose_images", optional=True, tooltip="Pose images, e.g. pose_images of ControlNeXt "
                                "Poses For Animation (resized to the reference's size if needed)."),
-                PoseKeypoint.Input("poses", optional=True, tooltip="Or poses to draw instead (e.g. from ControlNeXt "
-                                   "Align Poses), on the reference's canvas."),
+                PoseKeypoint.Input("poses", optional=True, tooltip="Or poses to draw instead, scaled from their "
+                                   "canvas to the photos' size: aligned poses on the reference, or the poses output "
+                                   "of ControlNeXt Poses For Animation on the driving frames."),
                 io.Float.Input("opacity", default=0.8, min=0.0, max=1.0, step=0.05,
                                tooltip="How strongly the skeleton covers the photo (0 = photo only, 1 = opaque)."),
                 io.Combo.Input("mode", options=list(OVERLAY_MODES), default=OVERLAY_MODES[0],
                                tooltip="skeleton only = the photo stays untouched around the skeleton; blend = mix the "
                                "whole pose image in (darkens the photo)."),
+                PoseKeypoint.Input("compare_poses", optional=True,
+                                   tooltip="Poses to compare with, drawn in white under the others, e.g. raw_poses of "
+                                   "ControlNeXt Poses For Animation under its poses: white next to colour = what the "
+                                   "pose stages changed. One frame per pose frame."),
             ],
-            outputs=[io.Image.Output(display_name="images", tooltip="The reference with each pose drawn over it.")],
+            outputs=[io.Image.Output(display_name="images", tooltip="The photos with each pose drawn over them.")],
         )
 
     @classmethod
     def execute(cls, reference: torch.Tensor, pose_images: torch.Tensor | None = None, poses: object = None,
-                opacity: float = 0.8, mode: str = OVERLAY_MODES[0]) -> io.NodeOutput:
+                opacity: float = 0.8, mode: str = OVERLAY_MODES[0], compare_poses: object = None) -> io.NodeOutput:
         if pose_images is None and poses is None:
             raise ValueError("ControlNeXt Pose Overlay needs pose_images or poses: connect one of them")
         if pose_images is not None and poses is not None:
             log.warning("ControlNeXt PoseOverlay: both pose_images and poses are connected; using pose_images")
+        height, width = int(reference.shape[1]), int(reference.shape[2])
         if pose_images is None:
-            frames = from_pose_keypoint(poses)
-            if not frames:
-                raise ValueError("no pose frames to draw: the poses input is empty")
-            height, width = int(reference.shape[1]), int(reference.shape[2])
-            drawn = [torch.from_numpy(draw_frame(f, width, height)) for f in frames]  # uint8 RGB
-            pose_images = torch.stack(drawn).float().div_(255.0)
-        return io.NodeOutput(overlay_poses(reference, pose_images, opacity, mode))
+            pose_images = _drawn(poses, "poses", width, height)
+        compare = None if compare_poses is None else _drawn(compare_poses, "compare_poses", width, height)
+        return io.NodeOutput(overlay_poses(reference, pose_images, opacity, mode, compare))
+
+
+def _drawn(poses: object, name: str, width: int, height: int) -> torch.Tensor:
+    """POSE_KEYPOINT frames rendered (official style) at width x height, as an IMAGE batch."""
+    frames = from_pose_keypoint(poses)
+    if not frames:
+        raise ValueError(f"no pose frames to draw: the {name} input is empty")
+    drawn = [torch.from_numpy(draw_frame(f, width, height)) for f in frames]  # uint8 RGB
+    return torch.stack(drawn).float().div_(255.0)

@@ -74,6 +74,44 @@ def test_overlay_from_pose_keypoint_draws_on_the_reference():
     assert out[0, :96].max() > 0.1 and out[0, 160:].max() == 0
 
 
+def test_overlay_compare_poses_are_white_under_the_poses():
+    ref = torch.full((1, 16, 16, 3), 0.25)
+    poses = torch.zeros(2, 16, 16, 3)
+    poses[:, 4, 4] = torch.tensor([0.0, 1.0, 0.0])  # the processed skeleton
+    compare = torch.zeros(2, 16, 16, 3)
+    compare[:, 4, 4] = torch.tensor([0.0, 0.0, 1.0])  # the raw skeleton: same place ...
+    compare[:, 9, 9] = torch.tensor([0.6, 0.0, 0.0])  # ... and where the processing moved a limb (dimmed limb colour)
+    out = overlay.overlay_poses(ref, poses, opacity=0.5, compare=compare)
+    plain = overlay.overlay_poses(ref, poses, opacity=0.5)
+    assert torch.equal(overlay.overlay_poses(ref, poses, opacity=0.5, compare=None), plain)
+    # a 0.6 limb is solid white (gain 2, capped at 1) at the given opacity: 0.25 -> 0.625
+    assert torch.allclose(out[:, 9, 9], torch.full((2, 3), 0.625))
+    # the poses go on top of the white: green over (0.625 grey)
+    assert torch.allclose(out[:, 4, 4], torch.tensor([0.3125, 0.8125, 0.3125]))
+    untouched = torch.ones(16, 16, dtype=torch.bool)
+    untouched[4, 4] = untouched[9, 9] = False
+    assert torch.equal(out[:, untouched], plain[:, untouched])
+    with pytest.raises(ValueError, match="3 compared pose frames for 2 pose frames"):
+        overlay.overlay_poses(ref, poses, compare=torch.zeros(3, 16, 16, 3))
+
+
+def test_overlay_node_draws_compare_poses_from_keypoints():
+    person = {"pose_keypoints_2d": [0.0] * 54}
+    person["pose_keypoints_2d"][0:6] = [32.0, 8.0, 1.0, 32.0, 20.0, 1.0]  # nose and neck: one limb
+    moved = {"pose_keypoints_2d": [v + (8.0 if i % 3 == 0 and v else 0.0) for i, v in
+                                   enumerate(person["pose_keypoints_2d"])]}  # 8 px to the right
+    poses = [{"people": [person], "canvas_width": 64, "canvas_height": 64}]
+    raw = [{"people": [moved], "canvas_width": 64, "canvas_height": 64}]
+    ref = torch.zeros(1, 256, 256, 3)
+    out = preview_nodes.ControlNeXtPoseOverlay.execute(ref, poses=poses, opacity=1.0, compare_poses=raw).result[0]
+    grey = out[0].max(dim=-1).values - out[0].min(dim=-1).values < 0.02  # white / grey pixels
+    bright = out[0].max(dim=-1).values > 0.5
+    assert (grey & bright)[:, 150:175].any()  # the raw limb, white, at x = 40 / 64 * 256 = 160 px
+    assert not (grey & bright)[:, 110:145].any() and out[0, :, 110:145].max() > 0.3  # the processed one, colour
+    with pytest.raises(ValueError, match="the compare_poses input is empty"):
+        preview_nodes.ControlNeXtPoseOverlay.execute(ref, poses=poses, compare_poses=[])
+
+
 def test_nodes_in_a_graph():
     graph = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 3, "color": 0xFF0000}},
