@@ -69,15 +69,19 @@ def test_full_size_config_is_comfyuis_svd_config(keymap, column, prefix):
 
 
 def test_full_size_comfy_unet_has_exactly_these_tensors(keymap):
-    """Build ComfyUI's full SVD UNet on the meta device: its state dict is exactly the 1428 converted names/shapes."""
+    """The loader's expected key set (plain torch layers on the meta device) is exactly the 1428 converted
+    names/shapes, and exactly what ComfyUI's own full SVD UNet (built on the meta device) holds."""
     loader = pack_import("controlnext.unet_loader")
     converted, kind = loader.to_comfy_unet_state_dict(_meta_sd(keymap, 0), "unet.bin")
-    config = comfy.supported_models.SVD_img2vid(loader.infer_unet_config(converted, "unet.bin"))
-    model = config.get_model({}, device=torch.device("meta"))
-    loader._check_coverage(model.diffusion_model, converted, "unet.bin", kind)  # raises on any mismatch
+    unet_config = loader.infer_unet_config(converted, "unet.bin")
+    expected = loader.expected_unet_tensors(unet_config)
+    native = comfy.supported_models.SVD_img2vid(unet_config).get_model({}, device=torch.device("meta"))
+    assert {k: tuple(v.shape) for k, v in expected.items()} == \
+        {k: tuple(v.shape) for k, v in native.diffusion_model.state_dict().items()}
+    loader._check_coverage(expected, converted, "unet.bin", kind)  # raises on any mismatch
     del converted["out.2.bias"]
     with pytest.raises(loader.UNetLoadError, match=r"1 of the UNet's 1428 tensors are missing \(out\.2\.bias\)"):
-        loader._check_coverage(model.diffusion_model, converted, "unet.bin", kind)
+        loader._check_coverage(expected, converted, "unet.bin", kind)
 
 
 def test_identify_weights(keymap):
