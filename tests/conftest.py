@@ -141,3 +141,14 @@ def session_model_file(comfy_base: Path):
     yield make
     for path in created:
         path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core host: two intra-op threads spin against each other (measured 10-40x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

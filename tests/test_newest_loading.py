@@ -31,15 +31,9 @@ FRAMES = 3
 UNET_FILES = [("tiny_dv_diffusers.bin", "fp32"), ("tiny_dv_diffusers_fp16.safetensors", "fp16"),
               ("tiny_dv_comfy.safetensors", "fp32")]
 CONTROL_FILE = "tiny_dv_control_fp16.safetensors"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core host: two intra-op threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -26,13 +26,7 @@ FRAMES, H, W = 3, 8, 8  # latent size
 SPEC = Path(__file__).resolve().parent / "data"  # copies of the project spec's key lists
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core host: two intra-op threads spin against each other (measured 10-40x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _models(comfy_base: Path, folder: str) -> Path:
