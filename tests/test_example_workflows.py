@@ -48,10 +48,9 @@ def object_info() -> dict:
     return cw.object_info_from_host()
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> dict:
-    """Tiny models and inputs under the names the workflows use; the model files are removed afterwards."""
-    base = Path(folder_paths.base_path)
+def install_example_inputs(base: Path) -> tuple[dict[str, Path], list[Path]]:
+    """Tiny models and inputs under the names the workflows use, in a ComfyUI base directory: (model folders, the
+    model files written)."""
     dirs = {k: base / "models" / k for k in ("diffusion_models", "controlnext", "checkpoints", "dwpose")}
     for d in (*dirs.values(), base / "input"):
         d.mkdir(parents=True, exist_ok=True)
@@ -70,13 +69,19 @@ def installed(tmp_path_factory) -> dict:
     Image.fromarray(ref).save(base / "input" / "reference.png")
     write_mp4(base / "input" / "dance.mp4", rng.integers(0, 255, (DRIVING_FRAMES, 80, 64, 3), dtype=np.uint8))
     write_mp4(base / "input" / "poses.mp4", rng.integers(0, 255, (DRIVING_FRAMES + 1, SIZE, SIZE, 3), dtype=np.uint8))
+    files = [dirs["diffusion_models"] / "controlnext-svd_v2-unet-fp16.safetensors",
+             dirs["controlnext"] / "controlnext-svd_v2-controlnet-fp16.safetensors",
+             dirs["checkpoints"] / "svd_xt_1_1.safetensors", *(dirs["dwpose"] / name for name in DWPOSE_FILES)]
+    return dirs, files
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict:
+    """The example inputs in the session's base directory; the model files are removed afterwards."""
+    dirs, files = install_example_inputs(Path(folder_paths.base_path))
     yield dirs
     # leave the session's models folders as they were: other tests check the errors for these files being absent
-    installed_files = [dirs["diffusion_models"] / "controlnext-svd_v2-unet-fp16.safetensors",
-                       dirs["controlnext"] / "controlnext-svd_v2-controlnet-fp16.safetensors",
-                       dirs["checkpoints"] / "svd_xt_1_1.safetensors",
-                       *(dirs["dwpose"] / name for name in DWPOSE_FILES)]
-    for path in installed_files:
+    for path in files:
         path.unlink(missing_ok=True)
 
 
@@ -196,3 +201,22 @@ def test_converter_widgets_links_and_frontend_only_nodes(object_info):
     with pytest.raises(cw.WorkflowError, match="does not know"):
         cw.ui_to_api({"nodes": [{"id": 1, "type": "NoSuchNode"}], "links": []}, object_info)
 
+
+
+def test_dance_workflow_with_pose_stages_runs_through_the_server():
+    """The dance example (tracking, smoothing and retargeting on) converted with the server's own /object_info,
+    queued over HTTP and run by ComfyUI's server with tiny models."""
+    from comfy_server import ComfyServer
+
+    dance = ROOT / "example_workflows" / "controlnext_svd_dance_video.json"
+    with ComfyServer(extra_args=("--cache-none",)) as srv:
+        install_example_inputs(srv.base)
+        api = cw.ui_to_api(cw.load_workflow(dance), srv.get("/object_info"))
+        (poses_id,) = cw.find_nodes(api, "ControlNeXtPosesForAnimation")
+        stages = {k: api[poses_id]["inputs"][k] for k in ("track", "smooth_strength", "retarget_strength")}
+        assert stages["track"] != "off" and stages["smooth_strength"] > 0 and stages["retarget_strength"] > 0
+        entry = srv.wait(srv.queue(tiny_graph(api)))
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        videos = [item for out in entry["outputs"].values() for item in out.get("images", [])
+                  if str(item.get("filename", "")).startswith("example_wf_test")]
+        assert videos, entry["outputs"]
