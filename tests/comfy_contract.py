@@ -186,6 +186,9 @@ def used_contract(scan: Scan) -> dict[Use, set[str]]:
                 continue
             if not hasattr(base, method):
                 continue
+            signature = _parameters(getattr(base, method))
+            if signature is not None and signature[1]:
+                names = set()  # the base takes **kwargs (e.g. ComfyNode.execute): any parameters fit
         used[use] = names
     return used
 
