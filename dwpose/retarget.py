@@ -254,7 +254,8 @@ def _found(points: np.ndarray) -> np.ndarray:
 def slot_ratios(ref_lengths: np.ndarray, drv_lengths: np.ndarray, scale: float, sources: list[str],
                 multipliers: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """(17,) applied ratios (driving px -> driving px) for one person slot and the source of each."""
-    ratio = ref_lengths / (scale * drv_lengths)
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero-length bones: caught by the checks below
+        ratio = ref_lengths / (scale * drv_lengths)
     out, why = np.ones(N_BONES), list(sources)
     for b in range(N_BONES):
         if why[b].startswith("FALLBACK"):
@@ -268,6 +269,12 @@ def slot_ratios(ref_lengths: np.ndarray, drv_lengths: np.ndarray, scale: float, 
             out[b] = ratio[b]
     return out * multipliers, why
 
+
+
+def _mean_ratio(weighted: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Length-weighted mean ratio; 1 (the driving length kept) where the bones have no length at all (a skeleton
+    whose points collapsed onto one spot), instead of 0 / 0."""
+    return np.divide(weighted, weight, out=np.ones_like(weighted, dtype=np.float64), where=weight > 0)
 
 def _retarget_rows(rows: _Rows, ratios: np.ndarray, weights: np.ndarray, face_ratio: np.ndarray,
                    opts: RetargetOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
@@ -293,7 +300,7 @@ def _retarget_rows(rows: _Rows, ratios: np.ndarray, weights: np.ndarray, face_ra
     for b, (c, p, _, _) in enumerate(BONES):
         t_in = acc_t[:, p] + ratios[:, b] * weights[:, b]
         w_in = acc_w[:, p] + weights[:, b]
-        k = t_in / w_in
+        k = _mean_ratio(t_in, w_in)
         vec = pos[:, c] - anc_pos[:, p]
         if exact:
             length = np.hypot(vec[:, 0], vec[:, 1])
@@ -320,8 +327,8 @@ def _retarget_rows(rows: _Rows, ratios: np.ndarray, weights: np.ndarray, face_ra
         own = np.where(pts_found[:, :1], pts[:, 0, :2], mean)
         use_body = found[:, joint]
         pivot = np.where(use_body[:, None], pos[:, joint], own)
-        k = np.where(use_body, end_ratio[:, b], (acc_t[:, p] + ratios[:, b] * weights[:, b]) / (
-            acc_w[:, p] + weights[:, b]))
+        k = np.where(use_body, end_ratio[:, b], _mean_ratio(acc_t[:, p] + ratios[:, b] * weights[:, b],
+                                                             acc_w[:, p] + weights[:, b]))
         d = np.where(has[:, p, None], anc_disp[:, p] + (k[:, None] - 1) * (pivot - anc_pos[:, p]), 0.0)
         return pivot, np.where(use_body[:, None], disp[:, joint], d)
 

@@ -400,3 +400,17 @@ def test_node_rejects_an_empty_reference_with_a_clear_message():
              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}
     run = run_graph(graph)
     assert not run.success and "the reference POSE_KEYPOINT is empty" in run.error()["exception_message"]
+
+
+def test_a_collapsed_skeleton_stays_finite():
+    """Every keypoint on one spot (a detection that collapsed, e.g. on a blank frame): no bone has a length, so
+    nothing can be scaled; the poses must stay finite (they used to become NaN and crash the drawing)."""
+    def collapsed(x: float, y: float) -> object:
+        return kp.Person(body=np.column_stack([np.full((18, 2), (x, y)), np.full(18, 0.9)]))
+
+    reference = kp.PoseFrame(W, H, [collapsed(300, 400)])
+    driving = [kp.PoseFrame(FW, FH, [collapsed(350, 500)]) for _ in range(3)]
+    result = rt.retarget_frames(reference, driving, rt.RetargetOptions())
+    bodies = np.array([p.body for f in result.frames for p in f.people])
+    assert np.isfinite(bodies).all()
+    assert np.array_equal(bodies[..., :2], np.full((3, 18, 2), (350, 500)))
