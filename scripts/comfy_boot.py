@@ -54,17 +54,19 @@ def boot_comfy(comfy_dir: Path | str, base_dir: Path | str, cpu: bool = True) ->
     return nodes
 
 
-def make_executor(execution: ModuleType, server: Any) -> Any:
-    """ComfyUI's own PromptExecutor with no cache (one run, no reuse of outputs between runs), built with only the
-    arguments every version takes: the newest adds an optional `asset_manager` whose default (no asset registry)
-    suits a headless run, so it is never passed."""
+def make_executor(execution: ModuleType, server: Any, cache_type: Any = None) -> Any:
+    """ComfyUI's own PromptExecutor, by default with no cache (one run, no reuse of outputs between runs; pass e.g.
+    execution.CacheType.CLASSIC to keep outputs between prompts), built with only the arguments every version
+    takes: the newest adds an optional `asset_manager` whose default (no asset registry) suits a headless run, so it
+    is never passed."""
     executor_class = execution.PromptExecutor
     params = inspect.signature(executor_class).parameters
     missing = [name for name in ("cache_type", "cache_args") if name not in params]
     if missing:
         raise RuntimeError(f"this ComfyUI's execution.PromptExecutor takes no {', '.join(missing)} argument: it is not "
                            "a version the pack supports (see the README's supported ComfyUI versions)")
-    return executor_class(server, cache_type=execution.CacheType.NONE, cache_args=dict(NO_CACHE_ARGS))
+    cache_type = execution.CacheType.NONE if cache_type is None else cache_type
+    return executor_class(server, cache_type=cache_type, cache_args=dict(NO_CACHE_ARGS))
 
 
 @dataclass

@@ -9,7 +9,9 @@ base dir .host/base) is booted in-process; the example workflow (example_workflo
 or controlnext_svd_pose_video.json with --pose-video) is converted to the API format with scripts/comfy_workflow.py,
 its inputs are set from the command line, and it is validated and executed with ComfyUI's own validate_prompt and
 PromptExecutor (scripts/comfy_boot.py: run_prompt). Writes --out (the generated video, frame 0 = the reference, as
-the official code) and <out stem>-side-by-side.mp4 (pose | generated). --tiny swaps the model loaders for tiny random
+the official code) and <out stem>-side-by-side.mp4 (pose | generated), both with the sound of the kept driving frames'
+span (read from --driving with controlnext/video_audio.py, as ControlNeXtDrivingFrames does; silence when it has
+none), starting with frame 0 as in the example workflows. --tiny swaps the model loaders for tiny random
 models (tests/tiny_pack), so the command runs on any machine: a plumbing check whose output is noise. The driving
 video is strided and trimmed here (--stride, --frames) before the workflow loads it.
 
@@ -23,7 +25,9 @@ import asyncio
 import importlib
 import importlib.util
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -126,12 +130,60 @@ def boot_comfy(tiny_custom_nodes: Path | None) -> dict[str, ModuleType]:
     if tiny_custom_nodes is not None:
         folder_paths.add_model_folder_path("custom_nodes", str(tiny_custom_nodes))
     server.PromptServer.instance = ConsoleServer()
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    quiet = HarmlessHostWarnings()
+    logging.getLogger().addFilter(quiet)
+    try:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    if quiet.modules:
+        print(f"[render] host: {len(quiet.modules)} core node module(s) skipped, harmless ("
+              f"{', '.join(sorted(quiet.modules))}: core's audio nodes need torchaudio, which has no release for this "
+              "torch; the pack reads and writes sound with PyAV)", flush=True)
     if "ControlNeXtSampler" not in nodes.NODE_CLASS_MAPPINGS:
         raise RenderError("ComfyUI did not load the ControlNeXt pack: see its import error in the log above "
                           f"(the pack is linked at {BASE / 'custom_nodes'} by scripts/setup_host.sh)")
     nodes.NODE_CLASS_MAPPINGS[CAPTURE_NODE] = CaptureImages
     return {"execution": execution, "folder_paths": folder_paths, "nodes": nodes, "comfy.utils": comfy.utils}
+
+
+class HarmlessHostWarnings(logging.Filter):
+    """Drops ComfyUI's import-failure log lines (traceback, 'Cannot import', 'IMPORT FAILED') for core node modules
+    that fail only because torchaudio is missing, and remembers them for one summary line. Any other failure (the
+    pack's own above all) is left as loud as ComfyUI makes it."""
+
+    CANNOT = re.compile(r"Cannot import (.+) module for custom nodes: .*torchaudio")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modules: set[str] = set()  # file names of the core modules skipped for torchaudio
+        self.in_block = False  # inside ComfyUI's "some comfy_extras/ nodes did not import" block
+        self.other_failed = False  # a failure of another kind in that block: its footer stays
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage().strip()
+        if text.startswith("Traceback") and "No module named 'torchaudio'" in text and "comfy_extras" in text:
+            return False
+        match = self.CANNOT.match(text)
+        if match and "comfy_extras" in match.group(1):
+            self.modules.add(Path(match.group(1)).name)
+            return False
+        if not self.modules:
+            return True
+        if text.startswith("WARNING: some comfy_extras/ nodes did not import correctly"):
+            self.in_block = True
+            return False
+        if self.in_block and text.startswith("IMPORT FAILED: "):
+            if text[len("IMPORT FAILED: "):] in self.modules:
+                return False
+            self.other_failed = True
+            return True
+        if self.in_block and not self.other_failed and (
+                text == "" or text.startswith(("This issue might be caused", "Please do a:", "Please run the update"))):
+            if text == "":
+                self.in_block = False  # the block's last line
+            return False
+        return True
 
 
 class ConsoleServer:
@@ -173,6 +225,10 @@ class CaptureImages:
     OUTPUT_NODE = True
     CATEGORY = "ControlNeXt-SVD/headless"
     DESCRIPTION = "Headless render only: keeps the frames in memory for scripts/render.py."
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs: Any) -> float:  # noqa: N802  (ComfyUI's V1 node API)
+        return float("nan")  # never equal: a cached executor must run it each time, or no frames would be kept
 
     def capture(self, images: Any, key: str) -> dict:
         CaptureImages.captured[key] = images
@@ -350,14 +406,16 @@ def install_tiny(graph: dict[str, Any], models: Path, tiny_module: str) -> None:
 
 
 def trim_video(src: Path, dst: Path, stride: int, limit: int,
-               size: tuple[int, int] | None = None) -> tuple[int, float]:
+               size: tuple[int, int] | None = None) -> tuple[int, float, float]:
     """Frames 0, stride, 2*stride ... (at most `limit`, 0 = all) turned upright (a phone video's display rotation)
-    and re-encoded near-losslessly, resized to size=(w, h) if given; returns (frames, source fps)."""
+    and re-encoded near-losslessly, resized to size=(w, h) if given; returns (frames, source fps, time of frame 0 in
+    seconds). The copy has no sound: the sound of the kept span is read from `src` (driving_audio)."""
     import av
     import numpy as np
 
     upright = pack_module("controlnext.video_frames").upright
     count = 0
+    first_time = 0.0
     with av.open(str(src)) as inp:
         if not inp.streams.video:
             raise RenderError(f"--driving {src}: no video stream in the file")
@@ -366,6 +424,8 @@ def trim_video(src: Path, dst: Path, stride: int, limit: int,
         with av.open(str(dst), "w") as out:
             stream = None
             for i, frame in enumerate(inp.decode(in_stream)):
+                if i == 0:  # the sound's clock: the span starts at frame 0's timestamp
+                    first_time = float(frame.time or 0.0)
                 if i % stride:
                     continue
                 img = upright(frame.to_ndarray(format="rgb24"), frame.rotation)
@@ -390,11 +450,23 @@ def trim_video(src: Path, dst: Path, stride: int, limit: int,
                 raise RenderError(f"--driving {src}: no frames could be decoded")
             for packet in stream.encode():
                 out.mux(packet)
-    return count, fps
+    return count, fps, first_time
 
 
-def write_mp4(frames: Any, path: Path, fps: float) -> None:
-    """IMAGE [F,H,W,3] floats in 0..1 -> H.264 mp4 (crf 18, as the official script), written atomically."""
+def driving_audio(src: Path, first_time: float, kept: int, stride: int, fps: float) -> dict[str, Any]:
+    """The sound of the kept driving frames' span (controlnext/video_audio.py, as ControlNeXtDrivingFrames gives
+    it), or silence of the span's length when the file has none."""
+    va = pack_module("controlnext.video_audio")
+    start, duration = va.kept_span(first_time, kept, stride, fps)
+    try:
+        return va.span_audio(str(src), start, duration, name=f"--driving {src}")
+    except ValueError as exc:  # an undecodable sound track: say so rather than fail deep inside PyAV
+        raise RenderError(str(exc)) from exc
+
+
+def write_mp4(frames: Any, path: Path, fps: float, audio: dict[str, Any] | None = None, delay: float = 0.0) -> None:
+    """IMAGE [F,H,W,3] floats in 0..1 -> H.264 mp4 (crf 18, as the official script), with `audio` (ComfyUI AUDIO)
+    as an AAC track starting `delay` seconds in if given, written atomically."""
     import av
     import numpy as np
     import torch
@@ -403,6 +475,7 @@ def write_mp4(frames: Any, path: Path, fps: float) -> None:
     f, h, w = data.shape[:3]
     if h % 2 or w % 2:  # yuv420p needs even sides
         data = np.ascontiguousarray(data[:, : h // 2 * 2, : w // 2 * 2])
+    va = pack_module("controlnext.video_audio") if audio is not None else None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.part.mp4")
     try:
@@ -411,11 +484,15 @@ def write_mp4(frames: Any, path: Path, fps: float) -> None:
             stream.width, stream.height = data.shape[2], data.shape[1]
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": "18"}
+            # FFmpeg writes the header with the first packet: every stream must exist before it
+            track = va.add_audio_stream(out, audio) if audio is not None else None
             for img in data:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                     out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
+            if track is not None:
+                va.write_audio(out, track, audio, delay=delay)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -423,12 +500,19 @@ def write_mp4(frames: Any, path: Path, fps: float) -> None:
 
 def pack_module(name: str) -> ModuleType:
     """A module of the pack as ComfyUI loaded it (ComfyUI names the package after its custom_nodes path)."""
-    init = (ROOT / "__init__.py").resolve()
-    for package, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == init:
-            return importlib.import_module(f"{package}.{name}")
-    raise RenderError("the pack is not loaded in this ComfyUI (is it linked into custom_nodes?)")
+    if not _PACK_PACKAGE:  # found once: resolving every loaded module's path takes ~0.5 s on a busy machine
+        init = (ROOT / "__init__.py").resolve()
+        for package, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if file and Path(file).resolve() == init:
+                _PACK_PACKAGE.append(package)
+                break
+        else:
+            raise RenderError("the pack is not loaded in this ComfyUI (is it linked into custom_nodes?)")
+    return importlib.import_module(f"{_PACK_PACKAGE[0]}.{name}")
+
+
+_PACK_PACKAGE: list[str] = []  # the name ComfyUI gave the pack's package
 
 
 def side_by_side(poses: Any, result: Any) -> Any:
@@ -443,67 +527,129 @@ def side_by_side_path(out: Path) -> Path:
 # ------------------------------------------------------------------------------------------------------------ run
 
 
+class Host:
+    """A booted ComfyUI (with the tiny test pack if asked) and what a render needs from it; reused for many jobs by
+    scripts/render_batch.py."""
+
+    def __init__(self, tiny: bool, tmp: Path) -> None:
+        self.tiny, self.tmp = tiny, tmp
+        self.tiny_nodes: Path | None = None
+        if tiny:
+            self.tiny_nodes = tmp / "custom_nodes"
+            self.tiny_nodes.mkdir()
+            (self.tiny_nodes / TINY_PACK_LINK).symlink_to(TINY_PACK, target_is_directory=True)
+        self.mods = boot_comfy(self.tiny_nodes)
+        self.mods["comfy.utils"].set_progress_bar_global_hook(make_progress_hook())
+        self.execution, self.nodes = self.mods["execution"], self.mods["nodes"]
+        self.input_dir = Path(self.mods["folder_paths"].get_input_directory())
+
+    def graph(self, workflow: Path | None, pose_video: bool) -> dict[str, Any]:
+        """The workflow in the API format with its models checked (or swapped for tiny ones)."""
+        graph = load_api_graph(workflow or WORKFLOWS[pose_video])
+        if self.tiny:
+            install_tiny(graph, self.tmp / "models",
+                         os.path.join(str(self.tiny_nodes), TINY_PACK_LINK).replace(".", "_x_"))
+        else:
+            check_models(graph, self.mods["folder_paths"])
+        return graph
+
+
+class Rendered:
+    """What one job produced, in memory: generated frames, pose images, the output fps and the driving's sound."""
+
+    def __init__(self, result: Any, poses: Any, fps: float, audio: dict[str, Any]) -> None:
+        self.result, self.poses, self.fps, self.audio = result, poses, fps, audio
+
+    def write(self, out: Path) -> Path:
+        """out and <out stem>-side-by-side.mp4, each written to a temporary name and renamed when complete; the
+        side-by-side path. The sound starts with frame 0, as in the example workflows (CreateVideo, no delay)."""
+        write_mp4(self.result, out, self.fps, self.audio)
+        sbs = side_by_side_path(out)
+        write_mp4(side_by_side(self.poses, self.result), sbs, self.fps, self.audio)
+        return sbs
+
+
+def render(args: argparse.Namespace, host: Host, graph: dict[str, Any], executor: Any = None,
+           drivings: dict[tuple, tuple] | None = None) -> Rendered:
+    """One job on a booted host: copy the photo and the trimmed driving video into ComfyUI's input folder, set the
+    graph's inputs (a copy of `graph`) and execute it (with `executor` if given: a cached one keeps models loaded).
+
+    With `drivings` (for many jobs on a cached executor) a trimmed driving video is kept in the input folder under
+    one name for every job using it with the same trim, so ComfyUI's cache sees the same file (LoadVideo fingerprints
+    its modification time) and does not decode it again; the caller deletes those files (drivings' values[0])."""
+    graph = json.loads(json.dumps(graph))
+    tag = uuid.uuid4().hex[:8]
+    ref_name = f"render-{tag}-ref{args.ref.suffix.lower()}"
+    copied = [host.input_dir / ref_name]
+    limit = args.frames if args.pose_video else max(args.frames - 1, 0)
+    pose_size = (args.width, args.height) if args.pose_video else None
+    key = (str(args.driving.resolve()), args.stride, limit, pose_size)
+    try:
+        shutil.copyfile(args.ref, copied[0])
+        if drivings is not None and key in drivings:
+            driving_path, n_driving, src_fps, first_time, audio = drivings[key]
+        else:
+            driving_path = host.input_dir / f"render-{tag}-driving.mp4"
+            if drivings is None:
+                copied.append(driving_path)
+            try:
+                n_driving, src_fps, first_time = trim_video(args.driving, driving_path, args.stride, limit,
+                                                            pose_size)
+                audio = driving_audio(args.driving, first_time, n_driving, args.stride, src_fps)
+            except BaseException:
+                driving_path.unlink(missing_ok=True)  # a shared copy is kept only once complete
+                raise
+            if drivings is not None:
+                drivings[key] = (driving_path, n_driving, src_fps, first_time, audio)
+        driving_name = driving_path.name
+        frames = n_driving if args.pose_video else n_driving + 1  # frame 0 = the reference pose
+        fps = pack_module("controlnext.video_frames").output_fps(src_fps, args.stride)  # the node's rule
+        print(f"[render] driving video: {n_driving} frames (every {args.stride}. of {args.driving}, "
+              f"{src_fps:.3g} fps) -> {frames} output frames at {args.width}x{args.height}, {fps:g} fps, "
+              f"{args.steps} steps, seed {args.seed}", flush=True)
+        set_inputs(graph, args, ref_name, driving_name, frames)
+        add_captures(graph, host.nodes)
+        result, poses = execute(graph, host.execution, executor)
+    finally:
+        for path in copied:
+            path.unlink(missing_ok=True)
+    return Rendered(result, poses, fps, audio)
+
+
 def run(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     if args.tiny:
         print(f"[render] {PLUMBING}", flush=True)
     with tempfile.TemporaryDirectory(prefix="controlnext-render-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        tiny_nodes = None
-        if args.tiny:
-            tiny_nodes = tmp / "custom_nodes"
-            tiny_nodes.mkdir()
-            (tiny_nodes / TINY_PACK_LINK).symlink_to(TINY_PACK, target_is_directory=True)
-        mods = boot_comfy(tiny_nodes)
-        execution, folder_paths, nodes_module = mods["execution"], mods["folder_paths"], mods["nodes"]
-        mods["comfy.utils"].set_progress_bar_global_hook(make_progress_hook())
+        host = Host(args.tiny, Path(tmp_dir))
         print(f"[render] ComfyUI ready in {time.monotonic() - t0:.1f} s", flush=True)
-
-        graph = load_api_graph(args.workflow or WORKFLOWS[args.pose_video])
-        if args.tiny:
-            install_tiny(graph, tmp / "models", os.path.join(str(tiny_nodes), TINY_PACK_LINK).replace(".", "_x_"))
-        else:
-            check_models(graph, folder_paths)
-
-        input_dir = Path(folder_paths.get_input_directory())
-        tag = uuid.uuid4().hex[:8]
-        ref_name = f"render-{tag}-ref{args.ref.suffix.lower()}"
-        driving_name = f"render-{tag}-driving.mp4"
-        copied = [input_dir / ref_name, input_dir / driving_name]
-        try:
-            shutil.copyfile(args.ref, copied[0])
-            limit = args.frames if args.pose_video else max(args.frames - 1, 0)
-            pose_size = (args.width, args.height) if args.pose_video else None
-            n_driving, src_fps = trim_video(args.driving, copied[1], args.stride, limit, pose_size)
-            frames = n_driving if args.pose_video else n_driving + 1  # frame 0 = the reference pose
-            fps = pack_module("controlnext.video_frames").output_fps(src_fps, args.stride)  # the node's rule
-            print(f"[render] driving video: {n_driving} frames (every {args.stride}. of {args.driving}, "
-                  f"{src_fps:.3g} fps) -> {frames} output frames at {args.width}x{args.height}, {fps:g} fps, "
-                  f"{args.steps} steps, seed {args.seed}", flush=True)
-            set_inputs(graph, args, ref_name, driving_name, frames)
-            add_captures(graph, nodes_module)
-            result, poses = execute(graph, execution)
-        finally:
-            for path in copied:
-                path.unlink(missing_ok=True)
-    write_mp4(result, args.out, fps)
-    sbs = side_by_side_path(args.out)
-    write_mp4(side_by_side(poses, result), sbs, fps)
-    print(f"[render] wrote {args.out} ({result.shape[0]} frames, {result.shape[2]}x{result.shape[1]}) and {sbs} "
-          f"in {time.monotonic() - t0:.1f} s", flush=True)
+        rendered = render(args, host, host.graph(args.workflow, args.pose_video))
+    sbs = rendered.write(args.out)
+    result = rendered.result
+    print(f"[render] wrote {args.out} ({result.shape[0]} frames, {result.shape[2]}x{result.shape[1]}, with the "
+          f"driving video's sound) and {sbs} in {time.monotonic() - t0:.1f} s", flush=True)
     if args.tiny:
         print(f"[render] {PLUMBING}", flush=True)
 
 
-def execute(graph: dict[str, Any], execution: ModuleType) -> tuple[Any, Any]:
-    """validate_prompt + PromptExecutor (no cache: one run), then the captured (result, poses) frames."""
+def execute(graph: dict[str, Any], execution: ModuleType, executor: Any = None) -> tuple[Any, Any]:
+    """validate_prompt + PromptExecutor (by default a new one without cache: one run; else `executor`, e.g. a cached
+    one reused for many jobs), then the captured (result, poses) frames."""
     import server
-    from comfy_boot import run_prompt  # scripts/ is on sys.path when this file runs as a script
+    from comfy_boot import PromptRun, run_prompt  # scripts/ is on sys.path when this file runs as a script
 
     srv = server.PromptServer.instance
     srv.graph = graph
     CaptureImages.captured.clear()
-    run = run_prompt(execution, srv, graph, {"client_id": "render"})
+    if executor is None:
+        run = run_prompt(execution, srv, graph, {"client_id": "render"})
+    else:  # run_prompt's steps with the caller's executor
+        prompt_id = str(uuid.uuid4())
+        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, graph, None))
+        run = PromptRun(prompt_id, valid, error, node_errors or {})
+        if valid:
+            executor.execute(graph, prompt_id, {"client_id": "render"}, outputs)
+            run.success, run.messages = bool(executor.success), list(executor.status_messages)
     if not run.valid:
         details = "\n".join(f"  node {nid} ({graph.get(nid, {}).get('class_type')}): "
                             + "; ".join(f"{e.get('message')}: {e.get('details')}" for e in info.get("errors", []))

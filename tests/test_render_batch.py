@@ -1,0 +1,160 @@
+"""scripts/render_batch.py as users run it (a subprocess with the host's venv, --tiny models): a manifest of four jobs
+(two photos on one dance, one on another, one corrupt photo) plus three malformed rows renders in one ComfyUI with
+models loaded once and the shared dance's poses analysed once; the corrupt photo fails with its message while the
+others finish; a rerun renders nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+from test_render import decode, draw_person, write_synthetic_video
+
+from conftest import ROOT
+
+BATCH = ROOT / "scripts" / "render_batch.py"
+TIMEOUT = 900  # the whole first batch (boot + four tiny jobs); ~2 min alone, longer on a loaded machine
+
+MANIFEST = """id,ref,driving,frames,stride,steps,seed,width,height
+a1,ref1.png,dance_a.mp4,3,2,1,1,64,64
+a2,photos/ref2.png,dance_a.mp4,3,2,1,1,64,64
+b1,ref1.png,dance_b.mp4,3,2,1,2,64,64
+bad,corrupt.png,dance_a.mp4,3,2,1,1,64,64
+c1,missing.png,dance_a.mp4,3,2,1,1,64,64
+c2,ref1.png,dance_a.mp4,three,2,1,1,64,64
+a1,ref1.png,dance_b.mp4,3,2,1,1,64,64
+"""
+
+
+def run_batch(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, str(BATCH), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
+
+
+def results(out: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("batch")
+    write_synthetic_video(tmp / "dance_a.mp4", tone=True)
+    write_synthetic_video(tmp / "dance_b.mp4", frames=10, width=112)
+    (tmp / "photos").mkdir()
+    for name, x in (("ref1.png", 40), ("photos/ref2.png", 60)):
+        ref = np.full((160, 120, 3), 40, np.uint8)
+        draw_person(ref, 20, 150, x, x + 40)
+        Image.fromarray(ref).save(tmp / name)
+    (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 10)
+    (tmp / "jobs.csv").write_text(MANIFEST)
+    out = tmp / "renders"
+    return tmp / "jobs.csv", out, run_batch("--tiny", "--manifest", str(tmp / "jobs.csv"), "--out", str(out))
+
+
+def test_batch_renders_good_jobs_and_fails_the_corrupt_photo(batch):
+    _, out, result = batch
+    log = result.stdout
+    assert result.returncode == 1, log[-4000:]  # a failed job and malformed rows: not a clean batch
+    records = results(out)
+    assert {k: r["status"] for k, r in records.items()} == {"a1": "done", "a2": "done", "b1": "done",
+                                                             "bad": "failed"}, log[-4000:]
+    assert "LoadImage" in records["bad"]["error"] and records["bad"]["outputs"] == []
+    assert "job bad FAILED" in log
+    for job in ("a1", "a2", "b1"):
+        assert records[job]["outputs"] == [str(out / f"{job}.mp4"), str(out / f"{job}-side-by-side.mp4")]
+        assert decode(out / f"{job}.mp4") == (3, 64, 64)  # the reference + driving frames 0 and 2
+        assert decode(out / f"{job}-side-by-side.mp4") == (3, 128, 64)
+        with av.open(str(out / f"{job}.mp4")) as container:
+            assert container.streams.audio  # the dance's sound (silence for dance_b)
+        assert len(records[job]["input_hash"]) == 16 and records[job]["seconds"] > 0
+    assert records["a1"]["input_hash"] != records["a2"]["input_hash"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial files
+    assert not (out / "bad.mp4").exists()
+    assert log.count("[batch] progress: ") == 4 and "ETA" in log
+    assert "summary: 3 rendered, 1 failed" in log
+    # core's torchaudio import failures: one summary line, no traceback (the corrupt photo's own error stays loud)
+    assert "IMPORT FAILED" not in log and "No module named 'torchaudio'" not in log
+    assert "core node module(s) skipped, harmless" in log
+
+
+def test_malformed_rows_are_reported_with_their_line_before_rendering(batch):
+    _, _, result = batch
+    log = result.stdout
+    first_job = log.index("[batch] job ")
+    for text in ("line 6: --ref", "line 7: frames 'three' is not a whole number",
+                 "line 8: duplicate id 'a1' (first on line 2)"):
+        assert text in log, log[:3000]
+        assert log.index(text) < first_job
+
+
+def test_models_load_once_and_a_dance_is_analysed_once(batch):
+    _, _, result = batch
+    log = result.stdout
+    loads = re.search(r"model loader runs for 4 job\(s\): (.*)", log)
+    assert loads, log[-3000:]
+    counts = dict(item.rsplit(" x", 1) for item in loads.group(1).split(", "))
+    assert "ControlNeXtUNetLoader" in counts and "ControlNeXtDWPoseLoader" in counts
+    assert set(counts.values()) == {"1"}, counts  # every loader ran for the first job only
+    # a2 uses a1's dance: its two driving frames are analysed once; b1 uses a1's photo: analysed once too (bad
+    # fails before DWPose): a1 1 + 2 frames analysed, a2 1 (+ 2 reused), b1 2 (+ 1 reused)
+    assert log.count("DWPose: poses of 2 frame(s) reused") == 1
+    assert log.count("DWPose: poses of 1 frame(s) reused") == 1
+    assert "[batch] DWPose: 6 frame(s) analysed, 3 reused" in log
+
+
+def test_rerun_renders_nothing(batch):
+    manifest, out, _ = batch
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = run_batch("--tiny", "--manifest", str(manifest), "--out", str(out))
+    assert "4 job(s) in" in again.stdout and "0 to render, 3 already done, 1 failed before" in again.stdout
+    assert "ComfyUI ready" not in again.stdout  # nothing to render: ComfyUI is not even booted
+    assert "failed before: bad: node" in again.stdout
+    assert again.returncode == 1
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # results.jsonl included
+    retry = run_batch("--tiny", "--retry-failed", "--manifest", str(manifest), "--out", str(out))
+    assert "1 to render, 3 already done" in retry.stdout and "job bad FAILED" in retry.stdout
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines].count("bad") == 2  # tried again, failed again
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(batch, tmp_path):
+    manifest, _, _ = batch
+    lines = manifest.read_text().splitlines()
+    small = manifest.with_name("two.csv")
+    small.write_text("\n".join([lines[0], lines[1], lines[2]]) + "\n")  # a1, a2 (one dance)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(BATCH), "--tiny", "--manifest", str(small), "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = []
+    try:
+        for line in proc.stdout:  # bounded: the process ends by itself at the latest
+            log.append(line)
+            if line.startswith("[batch] job a2 (2/2"):
+                proc.send_signal(signal.SIGINT)  # Ctrl-C during the second job
+                break
+        rest, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(log) + rest
+    assert proc.returncode == 130, text[-3000:]
+    assert "interrupted: finished jobs are kept" in text
+    assert list(results(out)) == ["a1"]
+    assert sorted(p.name for p in out.iterdir()) == ["a1-side-by-side.mp4", "a1.mp4", "results.jsonl"]
+    again = run_batch("--tiny", "--manifest", str(small), "--out", str(out))
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "1 to render, 1 already done" in again.stdout
+    assert {k: r["status"] for k, r in results(out).items()} == {"a1": "done", "a2": "done"}
+    assert decode(out / "a2.mp4") == (3, 64, 64)
