@@ -142,12 +142,14 @@ def _render_all(jobs: list, height: int, width: int) -> torch.Tensor:
     return out.div_(255.0)
 
 
-def _reference_frame(data: object) -> PoseFrame:
+def reference_frame(data: object, node: str) -> PoseFrame:
+    """The reference POSE_KEYPOINT's first frame (an empty one is an error; extra frames are ignored with a warning
+    naming `node`)."""
     frames = from_pose_keypoint(data)
     if not frames:
         raise ValueError("the reference POSE_KEYPOINT is empty: connect the poses detected on the reference image")
     if len(frames) > 1:
-        log.warning("ControlNeXt AlignPoses: the reference has %d frames; using the first", len(frames))
+        log.warning("ControlNeXt %s: the reference has %d frames; using the first", node, len(frames))
     return frames[0]
 
 
@@ -182,7 +184,7 @@ class ControlNeXtAlignPoses(io.ComfyNode):
     @classmethod
     def execute(cls, reference: object, driving: object, **kwargs: object) -> io.NodeOutput:
         opts = _options(kwargs)
-        ref = _reference_frame(reference)
+        ref = reference_frame(reference, "AlignPoses")
         frames = from_pose_keypoint(driving)
         aligned, fit = align_frames(ref, frames, opts)
         text = fit.describe()

@@ -9,6 +9,7 @@ from comfy_api.v0_0_2 import io, ui
 from ..dwpose.keypoints import from_pose_keypoint, to_pose_keypoint
 from ..dwpose.retarget import ANCHOR_CHOICES, LENGTH_CHOICES, PARTS, RetargetOptions, retarget_frames
 from .dwpose_nodes import PoseKeypoint
+from .pose_nodes import reference_frame
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,12 @@ class ControlNeXtRetargetPoses(io.ComfyNode):
     def execute(cls, reference: object, driving: object, strength: float = 1.0, anchor: str = ANCHOR_CHOICES[0],
                 retarget_hands_face: bool = True, bone_lengths: str = LENGTH_CHOICES[0],
                 **multipliers: float) -> io.NodeOutput:
-        ref_frames = from_pose_keypoint(reference)
-        if not ref_frames:
-            raise ValueError("the reference POSE_KEYPOINT is empty: connect the poses detected on the reference image")
-        if len(ref_frames) > 1:
-            log.warning("ControlNeXt RetargetPoses: the reference has %d frames; using the first", len(ref_frames))
+        ref_frame = reference_frame(reference, "RetargetPoses")
         frames = from_pose_keypoint(driving)
         opts = RetargetOptions(strength=float(strength), anchor=anchor, hands_face=bool(retarget_hands_face),
                                lengths=bone_lengths,
                                multipliers={p: float(multipliers[p]) for p in PARTS if multipliers.get(p) is not None})
-        result = retarget_frames(ref_frames[0], frames, opts)
+        result = retarget_frames(ref_frame, frames, opts)
         text = result.describe()
         log.info("ControlNeXt pose retargeting:\n%s", text)
         return io.NodeOutput(to_pose_keypoint(result.frames), text, ui=ui.PreviewText(text))
