@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import nodes
-import pytest
 import tomllib
 import torch
 
@@ -130,9 +129,11 @@ def shared_venv_cache(tmp_path: Path, checkout: Path, comfy: Path) -> Path:
     key = setup_host(checkout, "--print-key", CONTROLNEXT_COMFYUI=str(comfy), CONTROLNEXT_HOST_CACHE=str(cache))
     assert key.returncode == 0, key.stderr
     venv_entry = (ROOT / ".venv").resolve().parent
-    if venv_entry.name != f"venv-{key.stdout.strip()}":
-        pytest.skip(f"this checkout's venv ({venv_entry}) is not the one scripts/setup_host.sh builds for these "
-                    "requirements (run it first): the test would build a second venv")
+    # scripts/test.sh runs setup_host.sh first, so a difference means the key of a ComfyUI with the same
+    # requirements no longer matches: ComfyUIs would stop sharing one venv (or this checkout's set-up is stale)
+    assert venv_entry.name == f"venv-{key.stdout.strip()}", (
+        f"this checkout's venv ({venv_entry}) is not the one scripts/setup_host.sh gives {comfy} (key "
+        f"{key.stdout.strip()}): equal requirements must share one venv; if the set-up is stale, run it again")
     cache.mkdir(exist_ok=True)
     (cache / venv_entry.name).symlink_to(venv_entry, target_is_directory=True)
     return cache
