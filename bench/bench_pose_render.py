@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,9 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # comfy_boot: the pack's model code, never the root on sys.path
+from comfy_boot import import_pack_package  # noqa: E402
+
 W, H = 576, 1024
 FW, FH = 1920, 1080
 RENDER_PARTS = ("canvas", "body (limbs, 0.6 dim, joints)", "hands", "face", "resize+RGB")
@@ -32,12 +34,7 @@ RENDER_PARTS = ("canvas", "body (limbs, 0.6 dim, joints)", "hands", "face", "res
 
 def load_dwpose(name: str = "controlnext_bench_dwpose") -> tuple[ModuleType, ModuleType, ModuleType]:
     """(align, draw, keypoints) of the pack's dwpose/ package, imported from its files under `name`."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "dwpose" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "dwpose")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+    import_pack_package("dwpose", name)
     return tuple(importlib.import_module(f"{name}.{sub}") for sub in ("align", "draw", "keypoints"))  # type: ignore
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +31,9 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # comfy_boot: the pack's model code, never the root on sys.path
+from comfy_boot import import_pack_package  # noqa: E402
+
 DANCE = ROOT.parent / "shared" / "media" / "dance-01.mp4"
 W, H = 576, 1024
 BUDGET = 2e-3  # seconds per frame, each stage
@@ -40,12 +42,7 @@ PACKAGE = "controlnext_bench_stages_dwpose"
 
 def load_dwpose(*submodules: str) -> SimpleNamespace:
     """The pack's dwpose/ submodules, imported from its files under a private package name."""
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "dwpose" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "dwpose")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
+    import_pack_package("dwpose", PACKAGE)
     return SimpleNamespace(**{name: importlib.import_module(f"{PACKAGE}.{name}") for name in submodules})
 
 

@@ -11,7 +11,7 @@ the conversion to fp16 on the GPU, for both forms.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -26,15 +26,11 @@ def load_patch_module():
     sys.path.insert(0, str(ROOT / "scripts"))
     import tempfile
 
-    from comfy_boot import boot_comfy
+    from comfy_boot import boot_comfy, import_pack_package
 
     base = tempfile.mkdtemp(prefix="controlnext-bench-")
     boot_comfy(ROOT / ".host" / "ComfyUI", base, cpu=not torch.cuda.is_available())
-    spec = importlib.util.spec_from_file_location("controlnext_bench_pkg", ROOT / "controlnext" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "controlnext")])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pkg
-    spec.loader.exec_module(pkg)
+    import_pack_package("controlnext", "controlnext_bench_pkg")
     return importlib.import_module("controlnext_bench_pkg.patch")
 
 

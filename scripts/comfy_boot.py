@@ -10,6 +10,7 @@ package would shadow ComfyUI's `nodes`.
 # no `from __future__ import annotations`: with string annotations @dataclass looks its module up in sys.modules, and
 # tests and benchmarks load this file by path without registering it there
 import asyncio
+import importlib.util
 import inspect
 import sys
 import uuid
@@ -52,6 +53,20 @@ def boot_comfy(comfy_dir: Path | str, base_dir: Path | str, cpu: bool = True) ->
     if Path(nodes.__file__).resolve().parent != comfy_dir.resolve():
         raise RuntimeError(f"`import nodes` found {nodes.__file__}, not ComfyUI's: something shadows it")
     return nodes
+
+
+def import_pack_package(subdir: str, alias: str) -> ModuleType:
+    """The pack's plain-code package `subdir` (dwpose, controlnext) imported from its files under the private name
+    `alias`, for benchmarks and scripts that use the model code without ComfyUI loading the pack (the checkout's root
+    is never put on sys.path). Its submodules then import as `alias.name`."""
+    if alias not in sys.modules:
+        folder = Path(__file__).resolve().parents[1] / subdir
+        spec = importlib.util.spec_from_file_location(alias, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[alias] = module
+        spec.loader.exec_module(module)
+    return sys.modules[alias]
 
 
 def make_executor(execution: ModuleType, server: Any, cache_type: Any = None) -> Any:

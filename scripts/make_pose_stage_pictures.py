@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from comfy_boot import import_pack_package  # scripts/ is on sys.path when this file runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "controlnext_pictures_dwpose"
@@ -70,12 +69,7 @@ BYSTANDER = [(1104, 424), (0, 0), (1080, 536), (1050, 680), (1050, 800), (1190, 
 
 def load_dwpose(*submodules: str) -> SimpleNamespace:
     """The pack's dwpose/ submodules, imported from its files under a private package name."""
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "dwpose" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "dwpose")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
+    import_pack_package("dwpose", PACKAGE)
     return SimpleNamespace(**{name: importlib.import_module(f"{PACKAGE}.{name}") for name in submodules})
 
 
