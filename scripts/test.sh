@@ -8,6 +8,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash scripts/setup_host.sh
 bash scripts/setup_browser.sh
+bash scripts/setup_ray.sh
 .venv/bin/ruff check .
 # run the venv's pytest script, not `python -m pytest`: the latter puts this checkout on sys.path, where the pack's
 # nodes/ package would shadow ComfyUI's nodes module

@@ -45,8 +45,10 @@ def results(out: Path) -> dict[str, dict]:
     return {r["id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The batch's folder's manifest, its output folder and the run (one torch thread: tests/test_render_batch_ray.py
+    compares Ray's videos with these)."""
     tmp = tmp_path_factory.mktemp("batch")
     write_synthetic_video(tmp / "dance_a.mp4", tone=True)
     write_synthetic_video(tmp / "dance_b.mp4", frames=10, width=112)
@@ -58,7 +60,8 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subproc
     (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 10)
     (tmp / "jobs.csv").write_text(MANIFEST)
     out = tmp / "renders"
-    return tmp / "jobs.csv", out, run_batch("--tiny", "--manifest", str(tmp / "jobs.csv"), "--out", str(out))
+    return tmp / "jobs.csv", out, run_batch("--tiny", "--threads", "1", "--manifest", str(tmp / "jobs.csv"), "--out",
+                                            str(out))
 
 
 def test_batch_renders_good_jobs_and_fails_the_corrupt_photo(batch):
@@ -77,6 +80,7 @@ def test_batch_renders_good_jobs_and_fails_the_corrupt_photo(batch):
         with av.open(str(out / f"{job}.mp4")) as container:
             assert container.streams.audio  # the dance's sound (silence for dance_b)
         assert len(records[job]["input_hash"]) == 16 and records[job]["seconds"] > 0
+        assert records[job]["attempts"] == 1 and re.fullmatch(r"\S+ pid \d+", records[job]["worker"])
     assert records["a1"]["input_hash"] != records["a2"]["input_hash"]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial files
     assert not (out / "bad.mp4").exists()
@@ -100,7 +104,7 @@ def test_malformed_rows_are_reported_with_their_line_before_rendering(batch):
 def test_models_load_once_and_a_dance_is_analysed_once(batch):
     _, _, result = batch
     log = result.stdout
-    loads = re.search(r"model loader runs for 4 job\(s\): (.*)", log)
+    loads = re.search(r"\[batch\] model loader runs for 4 job\(s\): (.*); DWPose", log)
     assert loads, log[-3000:]
     counts = dict(item.rsplit(" x", 1) for item in loads.group(1).split(", "))
     assert "ControlNeXtUNetLoader" in counts and "ControlNeXtDWPoseLoader" in counts
@@ -109,7 +113,7 @@ def test_models_load_once_and_a_dance_is_analysed_once(batch):
     # fails before DWPose): a1 1 + 2 frames analysed, a2 1 (+ 2 reused), b1 2 (+ 1 reused)
     assert log.count("DWPose: poses of 2 frame(s) reused") == 1
     assert log.count("DWPose: poses of 1 frame(s) reused") == 1
-    assert "[batch] DWPose: 6 frame(s) analysed, 3 reused" in log
+    assert "; DWPose: 6 frame(s) analysed, 3 reused" in log
 
 
 def test_rerun_renders_nothing(batch):

@@ -1,0 +1,218 @@
+"""The batch renderer's files: the manifest (one job a row, validated by render.py's own argument checks), the results
+log (DIR/results.jsonl, one JSON line per finished job) and the outputs' temporary names (scripts/render.py's
+write_mp4 writes `.<name>.<6 hex>.part.mp4` and renames it into place when complete)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import render  # scripts/render.py (scripts/ is on sys.path when the batch runs)
+
+RESULTS = "results.jsonl"
+FIELDS = ("id", "ref", "driving", "pose_video", "width", "height", "frames", "stride", "steps", "seed", "workflow")
+INT_FIELDS = ("width", "height", "frames", "stride", "steps", "seed")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{6}\.part\.mp4$")
+
+
+class Job:
+    """One valid manifest row: its render.py arguments and the hash of everything that decides its output."""
+
+    def __init__(self, job_id: str, line: int, args: argparse.Namespace, input_hash: str) -> None:
+        self.id, self.line, self.args, self.input_hash = job_id, line, args, input_hash
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [self.args.out, render.side_by_side_path(self.args.out)]
+
+    def dance_key(self) -> tuple:
+        a = self.args
+        return (str(a.driving.resolve()), a.stride, a.frames, a.pose_video, a.width if a.pose_video else 0,
+                a.height if a.pose_video else 0)
+
+
+def read_rows(manifest: Path) -> list[tuple[int, Any]]:
+    """(line number, row) of a CSV (dicts by header) or JSONL manifest; a line that is not JSON gives a str."""
+    text = manifest.read_text(encoding="utf-8-sig")
+    if manifest.suffix.lower() in (".jsonl", ".ndjson"):
+        rows: list[tuple[int, Any]] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                rows.append((number, f"not a JSON object ({exc.msg})"))
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    for row in reader:
+        if not any((v or "").strip() for k, v in row.items() if k is not None):
+            continue
+        rows.append((reader.line_num, row))
+    return rows
+
+
+def file_hash(path: Path, cache: dict[Path, str]) -> str:
+    path = path.resolve()
+    if path not in cache:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        cache[path] = h.hexdigest()
+    return cache[path]
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "0", "false", "no", "n"):
+        return False
+    if text in ("1", "true", "yes", "y"):
+        return True
+    raise ValueError(f"pose_video {value!r} is not true/false")
+
+
+def make_job(number: int, row: Any, base: Path, out_dir: Path, tiny: bool, hashes: dict[Path, str]) -> Job:
+    """A Job from a manifest row, validated by render.py's own argument checks; ValueError says what is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(row if isinstance(row, str) else "not a JSON object")
+    unknown = sorted(k for k in row if k is not None and k not in FIELDS)
+    if unknown:
+        raise ValueError(f"unknown column(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
+    values = {k: ("" if v is None else str(v).strip()) if not isinstance(v, bool) else v for k, v in row.items()
+              if k is not None}
+    for name in ("id", "ref", "driving"):
+        if not values.get(name):
+            raise ValueError(f"{name} is missing (id, ref and driving are required)")
+    job_id = values["id"]
+    if not ID_RE.match(job_id):
+        raise ValueError(f"id {job_id!r}: use letters, digits, '.', '_' or '-' (it names the output files)")
+    argv = ["--ref", str(base / values["ref"]), "--driving", str(base / values["driving"]),
+            "--out", str(out_dir / f"{job_id}.mp4")]
+    if parse_bool(values.get("pose_video", "")):
+        argv.append("--pose-video")
+    for name in INT_FIELDS:
+        value = values.get(name, "")
+        if value == "":
+            continue
+        try:
+            int(value)
+        except ValueError:
+            raise ValueError(f"{name} {value!r} is not a whole number") from None
+        argv += [f"--{name}", value]
+    if values.get("workflow"):
+        argv += ["--workflow", str(base / values["workflow"])]
+    if tiny:
+        argv.append("--tiny")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = render.parse_args(argv)
+    except SystemExit:
+        message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "invalid"
+        raise ValueError(message.split("error: ", 1)[-1]) from None
+    if args.workflow is not None and not args.workflow.is_file():
+        raise ValueError(f"workflow {args.workflow}: no such file")
+    workflow = args.workflow or render.WORKFLOWS[args.pose_video]
+    params = {k: getattr(args, k) for k in ("width", "height", "frames", "stride", "steps", "seed", "pose_video",
+                                             "tiny")}
+    key = json.dumps({"ref": file_hash(args.ref, hashes), "driving": file_hash(args.driving, hashes),
+                      "workflow": file_hash(workflow, hashes), **params}, sort_keys=True)
+    return Job(job_id, number, args, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def load_manifest(manifest: Path, out_dir: Path, tiny: bool) -> tuple[list[Job], list[str]]:
+    """The valid jobs (manifest order) and one message per malformed row."""
+    base = manifest.resolve().parent
+    jobs: list[Job] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    hashes: dict[Path, str] = {}
+    try:
+        rows = read_rows(manifest)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return [], [f"{manifest}: cannot be read ({exc})"]
+    for number, row in rows:
+        try:
+            job = make_job(number, row, base, out_dir, tiny, hashes)
+        except (ValueError, OSError) as exc:
+            problems.append(f"{manifest.name} line {number}: {exc}")
+            continue
+        if job.id in seen:
+            problems.append(f"{manifest.name} line {number}: duplicate id {job.id!r} (first on line {seen[job.id]})")
+            continue
+        seen[job.id] = number
+        jobs.append(job)
+    return jobs, problems
+
+
+# ------------------------------------------------------------------------------------------------------- results
+
+
+def read_results(out_dir: Path) -> dict[str, dict]:
+    """The last result line of each id (lines from an interrupted write are ignored)."""
+    results: dict[str, dict] = {}
+    path = out_dir / RESULTS
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "id" in record:
+                results[record["id"]] = record
+    return results
+
+
+def append_result(out_dir: Path, record: dict) -> None:
+    """One line, synced; a line cut short by a crash is ended first so that it cannot swallow this one."""
+    path = out_dir / RESULTS
+    with path.open("a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(record) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def previous_outcome(job: Job, results: dict[str, dict], retry_failed: bool) -> str | None:
+    """'done' or 'failed' when the job needs no run now, else None."""
+    record = results.get(job.id)
+    if not record or record.get("input_hash") != job.input_hash:
+        return None
+    if record.get("status") == "done" and all(p.is_file() for p in job.outputs):
+        return "done"
+    # a job that failed by itself stays failed while its inputs are unchanged; one whose worker kept dying is tried
+    # again (its "cause" is "worker": the machine, not the job)
+    if record.get("status") == "failed" and record.get("cause") != "worker" and not retry_failed:
+        return "failed"
+    return None
+
+
+def remove_partial_outputs(job: Job) -> list[Path]:
+    """Delete what a killed render of `job` left: its outputs' temporary files (never complete ones); the paths."""
+    names = {p.name for p in job.outputs}
+    folder = job.outputs[0].parent
+    removed = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = PARTIAL_RE.match(path.name)
+            if match and match["name"] in names:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
