@@ -1,12 +1,17 @@
-"""Throughput of many renders: N separate scripts/render.py processes against one scripts/render_batch.py batch.
+"""Throughput of many renders: N separate scripts/render.py processes against scripts/render_batch.py, embedded and
+on a local Ray with 1 and 2 workers.
 
     .venv/bin/python bench/bench_render_batch.py [--jobs 8] [--dances 2] [--real] [--frames 3] [--steps 1]
+                                                 [--ray-workers 1 2] [--no-separate]
 
 Writes N tiny jobs (N photos over --dances synthetic dance clips, 64x64, --frames output frames, --steps steps) and
-runs them (a) one render.py process per job, one after the other, each booting ComfyUI and loading every model, and
-(b) all in one render_batch.py process (one boot, models loaded once, a dance's poses analysed once). Prints the
-wall seconds per job of each and the throughput ratio. --tiny models by default; --real uses the installed model
-files (a GPU: the same command then measures the real figure; set --width/--height/--frames/--steps to taste).
+runs them (a) one render.py process per job, one after the other, each booting ComfyUI and loading every model,
+(b) all in one render_batch.py process (one boot, models loaded once, a dance's poses analysed once) and (c) with
+render_batch.py --ray local --workers W for each --ray-workers W (each worker boots ComfyUI and loads the models
+once; needs bash scripts/setup_ray.sh). Prints the wall seconds per job of each and the throughput ratios. Every run
+pins torch to --threads CPU threads per job (default 1: two Ray workers on two cores then each have one). --tiny
+models by default; --real uses the installed model files (a GPU: the same command then measures the real figure,
+one Ray worker per GPU; set --width/--height/--frames/--steps to taste).
 """
 
 from __future__ import annotations
@@ -83,6 +88,9 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=3)
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--workflow", type=Path, help="UI-format workflow for every job (default: the example one)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per job in every run")
+    p.add_argument("--ray-workers", type=int, nargs="*", default=[1, 2], help="Ray runs to time (none: skip Ray)")
+    p.add_argument("--no-separate", action="store_true", help="skip the separate render.py processes")
     args = p.parse_args()
     tiny = [] if args.real else ["--tiny"]
     params = {"frames": args.frames, "stride": 2, "steps": args.steps, "seed": 0, "width": args.width,
@@ -100,21 +108,30 @@ def main() -> None:
         (tmp / "jobs.csv").write_text("\n".join(rows) + "\n")
 
         separate = []
-        for j in range(args.jobs):
+        for j in range(0 if args.no_separate else args.jobs):
             cmd = [PYTHON, str(ROOT / "scripts" / "render.py"), *tiny, "--ref", str(tmp / f"ref{j}.png"),
                    "--driving", str(tmp / f"dance{j % args.dances}.mp4"), "--out", str(tmp / "sep" / f"job{j}.mp4")]
             for key, value in params.items():
                 cmd += [f"--{key}", str(value)]
             separate.append(timed(cmd))
             print(f"separate render.py job {j}: {separate[-1]:.1f} s", flush=True)
-        batch = timed([PYTHON, str(ROOT / "scripts" / "render_batch.py"), *tiny, "--manifest",
-                       str(tmp / "jobs.csv"), "--out", str(tmp / "batch")])
-    per_sep, per_batch = sum(separate) / args.jobs, batch / args.jobs
+        batch_cmd = [PYTHON, str(ROOT / "scripts" / "render_batch.py"), *tiny, "--threads", str(args.threads),
+                     "--manifest", str(tmp / "jobs.csv")]
+        runs = {"one render_batch.py batch (embedded)": timed([*batch_cmd, "--out", str(tmp / "batch")])}
+        for workers in args.ray_workers:
+            name = f"render_batch.py --ray local --workers {workers}"
+            runs[name] = timed([*batch_cmd, "--out", str(tmp / f"ray{workers}"), "--ray", "local", "--workers",
+                                str(workers)])
+            print(f"{name}: {runs[name]:.1f} s", flush=True)
     print(f"{args.jobs} jobs ({'real' if args.real else 'tiny'} models, {args.dances} dances, "
-          f"{args.width}x{args.height}, {args.frames} frames, {args.steps} steps):")
-    print(f"  separate render.py processes: {sum(separate):.1f} s, {per_sep:.1f} s per job")
-    print(f"  one render_batch.py batch:    {batch:.1f} s, {per_batch:.1f} s per job")
-    print(f"  throughput ratio: {per_sep / per_batch:.2f}x")
+          f"{args.width}x{args.height}, {args.frames} frames, {args.steps} steps, {args.threads} torch thread(s) "
+          f"per job, {os.cpu_count()} CPUs):")
+    per_sep = sum(separate) / args.jobs if separate else None
+    if per_sep is not None:
+        print(f"  {'separate render.py processes':<45} {sum(separate):7.1f} s, {per_sep:6.1f} s per job")
+    for name, seconds in runs.items():
+        ratio = f", {per_sep / (seconds / args.jobs):.2f}x the separate processes' throughput" if per_sep else ""
+        print(f"  {name:<45} {seconds:7.1f} s, {seconds / args.jobs:6.1f} s per job{ratio}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class BatchWorker:
         import ray
 
         return {"where": self.runner.where, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "boot_seconds": round(self.boot_seconds, 1)}
+                "gpus": [str(g) for g in ray.get_gpu_ids()], "boot_seconds": round(self.boot_seconds, 1)}
 
     def run(self, job: Job) -> dict[str, Any]:
         record = self.runner.run(job)
@@ -274,7 +274,8 @@ def dispatch_loop(ray: Any, args: argparse.Namespace, todo: list[Job], tally: An
                 continue
             if kind == "ready":
                 slot.info = value
-                print(f"[batch] {slot.label()} ready, ComfyUI booted in {value['boot_seconds']} s", flush=True)
+                gpus = f" on GPU {','.join(value['gpus'])}" if value["gpus"] else ""
+                print(f"[batch] {slot.label()} ready{gpus}, ComfyUI booted in {value['boot_seconds']} s", flush=True)
             else:
                 job, slot.job = slot.job, None
                 value["record"]["attempts"] = attempts[job.id]

@@ -90,13 +90,14 @@ class Tally:
         self.spent: list[float] = []
         self.started_at = time.monotonic()
         self.first_job_at: float | None = None  # the ETA's clock: boot and loading are not per-job time
+        self.numbers: dict[str, int] = {}  # job id -> its place in the order jobs started (a retry keeps it)
 
     @property
     def left(self) -> int:
         return self.todo - len(self.done) - len(self.failed)
 
     def start(self, job: Job, where: str = "") -> None:
-        number = len(self.done) + len(self.failed) + 1
+        number = self.numbers.setdefault(job.id, len(self.numbers) + 1)
         if self.first_job_at is None:
             self.first_job_at = time.monotonic()
         print(f"[batch] job {job.id} ({number}/{self.todo}, manifest line {job.line}){where}", flush=True)

@@ -209,7 +209,8 @@ def test_a_lost_node_s_job_finishes_on_the_other_node(batch, short_tmp, monkeypa
                                                             "include_dashboard": False})
     removed: dict[str, str] = {}
     try:
-        nodes = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+        # one (fake) GPU per node: the default is one worker per GPU, each given its own
+        nodes = [cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
         remember(seen, process_tree(os.getpid())[1:])
 
         def on_line(line: str, proc: subprocess.Popen) -> None:
@@ -223,11 +224,13 @@ def test_a_lost_node_s_job_finishes_on_the_other_node(batch, short_tmp, monkeypa
                 time.sleep(0.5)  # into the job
                 cluster.remove_node(node, allow_graceful=False)
 
-        cmd = [sys.executable, str(BATCH), "--tiny", "--threads", "1", "--ray", cluster.address, "--workers", "2",
+        cmd = [sys.executable, str(BATCH), "--tiny", "--threads", "1", "--ray", cluster.address,
                "--manifest", str(small), "--out", str(out)]
         code, log = run_streaming(cmd, env, on_line, seen)
         assert removed, log[-4000:]
         assert code == 0, log[-4000:]
+        assert "2 worker(s), each num_gpus=1, num_cpus=1" in log
+        assert len(re.findall(r"^\[batch\] worker \d .* ready on GPU 0,", log, re.M)) >= 2, log[-4000:]
         records = results(out)
         assert {k: r["status"] for k, r in records.items()} == {"a1": "done", "a2": "done", "b1": "done"}
         lost = records[removed["id"]]
