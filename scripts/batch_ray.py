@@ -270,7 +270,10 @@ def dispatch_loop(ray: Any, args: argparse.Namespace, todo: list[Job], tally: An
                     requeue_or_fail(slot.job, exc, slot, attempts, args.max_attempts, queue, tally)
                     slot.job = None
                 slot.info = None
-                ping(slot)
+                if kind == "run":
+                    ping(slot)
+                else:
+                    slot.retry_at = time.monotonic() + PING_INTERVAL
                 continue
             if kind == "ready":
                 slot.info = value

@@ -6,11 +6,14 @@ and the command line's checks."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from collections import deque
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import tomllib
 from test_render_batch import draw_person
 
 from conftest import ROOT
@@ -120,3 +123,13 @@ def test_command_line_errors(batch_modules, job_files, capsys, argv, message):
         batch_modules["render_batch"].parse_args(["--manifest", str(job_files / "jobs.csv"), "--out",
                                                   str(job_files / "out"), *argv])
     assert message in capsys.readouterr().err
+
+
+def test_ray_is_the_version_pinned_everywhere():
+    """scripts/setup_ray.sh installs the Ray that pyproject's `scale` extra names, and scripts/ray.sh runs it."""
+    pinned = re.search(r"^RAY_VERSION=(\S+)", (ROOT / "scripts" / "setup_ray.sh").read_text(), re.M)[1]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["scale"]
+    assert extra == [f"ray=={pinned}"]
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "ray.sh"), "--version"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert result.returncode == 0 and f"ray, version {pinned}" in result.stdout, result.stdout[-2000:]
