@@ -18,6 +18,9 @@ from typing import Any
 import render  # scripts/render.py (scripts/ is on sys.path when the batch runs)
 
 RESULTS = "results.jsonl"
+# the batch's own log of job starts and ends, beside the results: a start with no end after it is a run that died
+# while rendering the job (a crash, an out-of-memory kill of the whole batch)
+ATTEMPTS = ".attempts.jsonl"
 FIELDS = ("id", "ref", "driving", "pose_video", "width", "height", "frames", "stride", "steps", "seed", "workflow")
 INT_FIELDS = ("width", "height", "frames", "stride", "steps", "seed")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -161,10 +164,9 @@ def load_manifest(manifest: Path, out_dir: Path, tiny: bool) -> tuple[list[Job],
 # ------------------------------------------------------------------------------------------------------- results
 
 
-def read_results(out_dir: Path) -> dict[str, dict]:
-    """The last result line of each id (lines from an interrupted write are ignored)."""
-    results: dict[str, dict] = {}
-    path = out_dir / RESULTS
+def read_lines(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file (lines from an interrupted write are skipped)."""
+    records = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
@@ -172,13 +174,17 @@ def read_results(out_dir: Path) -> dict[str, dict]:
             except json.JSONDecodeError:
                 continue
             if isinstance(record, dict) and "id" in record:
-                results[record["id"]] = record
-    return results
+                records.append(record)
+    return records
 
 
-def append_result(out_dir: Path, record: dict) -> None:
+def read_results(out_dir: Path) -> dict[str, dict]:
+    """The last result line of each id."""
+    return {record["id"]: record for record in read_lines(out_dir / RESULTS)}
+
+
+def append_line(path: Path, record: dict) -> None:
     """One line, synced; a line cut short by a crash is ended first so that it cannot swallow this one."""
-    path = out_dir / RESULTS
     with path.open("a+b") as f:
         f.seek(0, os.SEEK_END)
         if f.tell():
@@ -190,6 +196,29 @@ def append_result(out_dir: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def append_result(out_dir: Path, record: dict) -> None:
+    append_line(out_dir / RESULTS, record)
+    record_end(out_dir, record["id"], record.get("input_hash"), "end")
+
+
+def record_start(out_dir: Path, job: Job) -> None:
+    append_line(out_dir / ATTEMPTS, {"id": job.id, "input_hash": job.input_hash, "event": "start"})
+
+
+def record_end(out_dir: Path, job_id: str, input_hash: str | None, event: str) -> None:
+    """A job's attempt ended: with a result ("end") or stopped by the user ("interrupted")."""
+    append_line(out_dir / ATTEMPTS, {"id": job_id, "input_hash": input_hash, "event": event})
+
+
+def died_attempts(out_dir: Path) -> dict[tuple[str, str], int]:
+    """(id, input hash) -> how many starts of the job have no end after them: runs that died while rendering it."""
+    open_starts: dict[tuple[str, str], int] = {}
+    for record in read_lines(out_dir / ATTEMPTS):
+        key = (record["id"], record.get("input_hash"))
+        open_starts[key] = open_starts.get(key, 0) + 1 if record.get("event") == "start" else 0
+    return {key: n for key, n in open_starts.items() if n}
+
+
 def previous_outcome(job: Job, results: dict[str, dict], retry_failed: bool) -> str | None:
     """'done' or 'failed' when the job needs no run now, else None."""
     record = results.get(job.id)
@@ -197,9 +226,8 @@ def previous_outcome(job: Job, results: dict[str, dict], retry_failed: bool) -> 
         return None
     if record.get("status") == "done" and all(p.is_file() for p in job.outputs):
         return "done"
-    # a job that failed by itself stays failed while its inputs are unchanged; one whose worker kept dying is tried
-    # again (its "cause" is "worker": the machine, not the job)
-    if record.get("status") == "failed" and record.get("cause") != "worker" and not retry_failed:
+    # a failed job (by itself, or its worker died too often) stays failed while its inputs are unchanged
+    if record.get("status") == "failed" and not retry_failed:
         return "failed"
     return None
 

@@ -164,8 +164,9 @@ def pick(queue: deque[Job], dance: tuple | None) -> Job:
     return queue.popleft()
 
 
-def run_on_ray(args: argparse.Namespace, todo: list[Job], tally: Any) -> list[dict[str, Any]]:
-    """Render `todo` on Ray workers, reporting to `tally` (render_batch.Tally); the workers' stats."""
+def run_on_ray(args: argparse.Namespace, todo: list[Job], tally: Any, died: dict[str, int]) -> list[dict[str, Any]]:
+    """Render `todo` on Ray workers, reporting to `tally` (render_batch.Tally); the workers' stats. died: job id ->
+    earlier runs that died while rendering it (attempts already used)."""
     loopback = args.ray == "local" or is_loopback(args.ray)
     ray = import_ray(loopback)
     t0 = time.monotonic()
@@ -178,7 +179,7 @@ def run_on_ray(args: argparse.Namespace, todo: list[Job], tally: Any) -> list[di
               flush=True)
         actor_class = ray.remote(BatchWorker).options(**options)
         slots = [Slot(n + 1, actor_class.remote(args.tiny, args.threads)) for n in range(count)]
-        return dispatch_loop(ray, args, todo, tally, slots)
+        return dispatch_loop(ray, args, todo, tally, slots, died)
     finally:
         stop_workers(ray, slots)
         ray.shutdown()
@@ -189,13 +190,13 @@ def run_on_ray(args: argparse.Namespace, todo: list[Job], tally: Any) -> list[di
             remove_partial_outputs(job)  # of workers killed mid-write (every worker is stopped now)
 
 
-def dispatch_loop(ray: Any, args: argparse.Namespace, todo: list[Job], tally: Any,
-                  slots: list[Slot]) -> list[dict[str, Any]]:
+def dispatch_loop(ray: Any, args: argparse.Namespace, todo: list[Job], tally: Any, slots: list[Slot],
+                  died: dict[str, int]) -> list[dict[str, Any]]:
     """Give each ready worker the next job until every job has a result; each worker process's stats."""
     from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
 
     queue: deque[Job] = deque(todo)
-    attempts: dict[str, int] = dict.fromkeys((job.id for job in todo), 0)
+    attempts: dict[str, int] = {job.id: died.get(job.id, 0) for job in todo}
     pending: dict[Any, tuple[str, Slot]] = {}
     old_stats: dict[str, dict[str, Any]] = {}  # by worker process: what dead workers did
 
@@ -285,6 +286,9 @@ def dispatch_loop(ray: Any, args: argparse.Namespace, todo: list[Job], tally: An
                 slot.stats = value["stats"]
                 tally.finish(job, value["record"])
             dispatch(slot)
+        for slot in slots:  # a job put back in the queue goes to a worker that had nothing left to do
+            if slot.info is not None and slot.job is None:
+                dispatch(slot)
     stats = dict(old_stats)
     stats.update({slot.stats["worker"]: slot.stats for slot in slots if slot.stats})
     return list(stats.values())

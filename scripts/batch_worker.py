@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -82,6 +83,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_stale_inputs(input_dir: Path) -> None:
+    """Delete the copies that killed processes of this machine left in ComfyUI's input folder (render.input_tag)."""
+    pattern = re.compile(rf"^render-{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]{{8}}-")
+    for path in input_dir.glob("render-*"):
+        match = pattern.match(path.name)
+        if match and not pid_alive(int(match[1])):
+            path.unlink(missing_ok=True)
+
+
 def remove_stale_work_dirs() -> None:
     """Delete the temporary folders of runners whose process is gone (killed: a finished runner deletes its own)."""
     tmp = Path(tempfile.gettempdir())
@@ -113,6 +123,7 @@ class JobRunner:
             return 0.0
         t0 = time.monotonic()
         self.host = render.Host(self.tiny, self.tmp)
+        remove_stale_inputs(self.host.input_dir)
         import server
         from comfy_boot import make_executor  # scripts/ is on sys.path when the batch runs
 

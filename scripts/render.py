@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -569,6 +570,12 @@ class Rendered:
         return sbs
 
 
+def input_tag() -> str:
+    """What names this process's copies in ComfyUI's input folder: machine and process (so that a later batch on
+    the same machine can tell the files of a killed process, scripts/batch_worker.py) and a random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def render(args: argparse.Namespace, host: Host, graph: dict[str, Any], executor: Any = None,
            drivings: dict[tuple, tuple] | None = None) -> Rendered:
     """One job on a booted host: copy the photo and the trimmed driving video into ComfyUI's input folder, set the
@@ -578,7 +585,7 @@ def render(args: argparse.Namespace, host: Host, graph: dict[str, Any], executor
     one name for every job using it with the same trim, so ComfyUI's cache sees the same file (LoadVideo fingerprints
     its modification time) and does not decode it again; the caller deletes those files (drivings' values[0])."""
     graph = json.loads(json.dumps(graph))
-    tag = uuid.uuid4().hex[:8]
+    tag = input_tag()
     ref_name = f"render-{tag}-ref{args.ref.suffix.lower()}"
     copied = [host.input_dir / ref_name]
     limit = args.frames if args.pose_video else max(args.frames - 1, 0)

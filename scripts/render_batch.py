@@ -33,7 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import render  # scripts/render.py (scripts/ is on sys.path when this file runs as a script)
-from batch_manifest import RESULTS, Job, append_result, load_manifest, previous_outcome, read_results
+from batch_manifest import (
+    RESULTS,
+    Job,
+    append_result,
+    died_attempts,
+    load_manifest,
+    previous_outcome,
+    read_results,
+    record_end,
+    record_start,
+    remove_partial_outputs,
+)
 from batch_worker import JobRunner, describe_stats
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -57,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads for every job (default: torch's; with --ray, the worker's CPUs); the same "
                         "count gives the same video in both modes on a CPU")
     p.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS,
-                   help="with --ray: times a job is tried when its worker dies (crash, OOM kill, lost node) before "
-                        "it is marked failed")
+                   help="times a job is tried when the process rendering it dies (crash, OOM kill, lost node; "
+                        "counted across reruns) before it is marked failed")
     args = p.parse_args(argv)
     if not args.manifest.is_file():
         p.error(f"--manifest {args.manifest}: no such file")
@@ -91,12 +102,15 @@ class Tally:
         self.started_at = time.monotonic()
         self.first_job_at: float | None = None  # the ETA's clock: boot and loading are not per-job time
         self.numbers: dict[str, int] = {}  # job id -> its place in the order jobs started (a retry keeps it)
+        self.running: dict[str, Job] = {}
 
     @property
     def left(self) -> int:
         return self.todo - len(self.done) - len(self.failed)
 
     def start(self, job: Job, where: str = "") -> None:
+        record_start(self.out_dir, job)
+        self.running[job.id] = job
         number = self.numbers.setdefault(job.id, len(self.numbers) + 1)
         if self.first_job_at is None:
             self.first_job_at = time.monotonic()
@@ -104,6 +118,7 @@ class Tally:
 
     def finish(self, job: Job, record: dict[str, Any]) -> None:
         append_result(self.out_dir, record)
+        self.running.pop(job.id, None)
         if record["status"] == "done":
             self.done.append(job)
             self.spent.append(record["seconds"])
@@ -116,6 +131,11 @@ class Tally:
         eta = f", ETA {fmt_seconds(elapsed / finished * self.left)}" if self.left else ""
         print(f"[batch] progress: {len(self.done)} done, {len(self.failed)} failed, {self.left} left{eta}", flush=True)
 
+    def interrupted(self) -> None:
+        """Ctrl-C: the jobs being rendered did not die by themselves, so a rerun must not count an attempt."""
+        for job in self.running.values():
+            record_end(self.out_dir, job.id, job.input_hash, "interrupted")
+
 
 def dance_order(jobs: list[Job]) -> list[Job]:
     """Jobs of the same dance one after the other (manifest order otherwise): a worker reuses the dance's trimmed copy,
@@ -126,16 +146,29 @@ def dance_order(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: first_of[job.dance_key()])
 
 
-def run_embedded(args: argparse.Namespace, todo: list[Job], tally: Tally) -> list[dict[str, Any]]:
-    """Every job in this process, one after the other, on one JobRunner; its stats. KeyboardInterrupt propagates."""
+def plan(todo: list[Job], died: dict[str, int], max_attempts: int) -> tuple[list[Job], list[Job]]:
+    """(jobs to render in order, jobs to fail at once). died: job id -> earlier runs that died while rendering it
+    (a crash, an out-of-memory kill). Those jobs go last, so that one job that kills the process cannot hold the
+    batch up, and fail without a try once they have used up their attempts; the others keep their dance order."""
+    worn_out = [job for job in todo if died.get(job.id, 0) >= max_attempts]
+    fresh = [job for job in todo if job.id not in died]
+    again = [job for job in todo if job.id in died and job not in worn_out]
+    return dance_order(fresh) + dance_order(again), worn_out
+
+
+def run_embedded(args: argparse.Namespace, todo: list[Job], tally: Tally,
+                 died: dict[str, int]) -> list[dict[str, Any]]:
+    """Every job in this process, one after the other, on one JobRunner; its stats. KeyboardInterrupt propagates.
+    died: job id -> earlier runs that died while rendering it."""
     runner = JobRunner(args.tiny, args.threads)
     try:
         runner.boot()
         print(f"[batch] ComfyUI ready in {time.monotonic() - tally.started_at:.1f} s", flush=True)
         for job in todo:
-            tally.start(job)
+            attempt = died.get(job.id, 0) + 1
+            tally.start(job, f", attempt {attempt} of {args.max_attempts}" if attempt > 1 else "")
             record = runner.run(job)
-            record["attempts"] = 1
+            record["attempts"] = attempt
             tally.finish(job, record)
         return [runner.stats()]
     finally:
@@ -149,6 +182,8 @@ def run_batch(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"[batch] malformed row, skipped: {problem}", file=sys.stderr, flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for job in jobs:  # what a killed earlier run left half-written (no batch is writing here now)
+        remove_partial_outputs(job)
     results = read_results(out_dir)
     todo: list[Job] = []
     skipped_done, skipped_failed = [], []
@@ -160,14 +195,26 @@ def run_batch(args: argparse.Namespace) -> int:
             skipped_failed.append(job)
         else:
             todo.append(job)
-    todo = dance_order(todo)
+    open_starts = died_attempts(out_dir)
+    died = {job.id: open_starts[(job.id, job.input_hash)] for job in todo if (job.id, job.input_hash) in open_starts}
+    todo, worn_out = plan(todo, died, args.max_attempts)
     print(f"[batch] {len(jobs)} job(s) in {args.manifest}: {len(todo)} to render, {len(skipped_done)} already done, "
           f"{len(skipped_failed)} failed before with the same inputs (--retry-failed runs them again), "
           f"{len(problems)} malformed row(s)", flush=True)
     if args.tiny:
         print(f"[batch] {render.PLUMBING}", flush=True)
 
-    tally = Tally(out_dir, len(todo))
+    tally = Tally(out_dir, len(todo) + len(worn_out))
+    for job in todo:
+        if job.id in died:
+            print(f"[batch] job {job.id}: {died[job.id]} earlier run(s) ended while rendering it (a crash or an "
+                  "out-of-memory kill?): it runs last", file=sys.stderr, flush=True)
+    for job in worn_out:
+        tally.finish(job, {"id": job.id, "status": "failed", "outputs": [], "seconds": 0.0,
+                           "error": f"{died[job.id]} run(s) ended while rendering it (a crash or an out-of-memory "
+                                    "kill?); it may need more memory than this machine has (--retry-failed tries "
+                                    "again)", "input_hash": job.input_hash, "cause": "worker",
+                           "worker": None, "attempts": died[job.id]})
     interrupted = False
     stats: list[dict[str, Any]] = []
     if todo:
@@ -175,11 +222,12 @@ def run_batch(args: argparse.Namespace) -> int:
             if args.ray is not None:
                 from batch_ray import run_on_ray  # Ray is imported only when asked for
 
-                stats = run_on_ray(args, todo, tally)
+                stats = run_on_ray(args, todo, tally, died)
             else:
-                stats = run_embedded(args, todo, tally)
+                stats = run_embedded(args, todo, tally, died)
         except KeyboardInterrupt:
             interrupted = True
+            tally.interrupted()
 
     for item in stats:
         prefix = f"worker {item['worker']}: " if args.ray is not None else ""

@@ -67,7 +67,7 @@ def test_a_result_line_cut_short_by_a_crash_does_not_swallow_the_next(batch_modu
                                                "c": {"id": "c", "status": "failed"}}
 
 
-def test_a_rerun_tries_again_jobs_whose_worker_kept_dying_not_jobs_that_failed_by_themselves(batch_modules, job_files):
+def test_a_rerun_skips_failed_jobs_while_their_inputs_are_unchanged(batch_modules, job_files):
     manifest = batch_modules["batch_manifest"]
     jobs, problems = manifest.load_manifest(job_files / "jobs.csv", job_files / "out", tiny=True)
     assert not problems and [j.id for j in jobs] == ["j1", "j2", "j3"]
@@ -75,11 +75,37 @@ def test_a_rerun_tries_again_jobs_whose_worker_kept_dying_not_jobs_that_failed_b
     failed = {"id": "j1", "status": "failed", "input_hash": job.input_hash}
     assert manifest.previous_outcome(job, {"j1": {**failed, "cause": "job"}}, retry_failed=False) == "failed"
     assert manifest.previous_outcome(job, {"j1": {**failed, "cause": "job"}}, retry_failed=True) is None
-    assert manifest.previous_outcome(job, {"j1": {**failed, "cause": "worker"}}, retry_failed=False) is None
+    # failed because the process rendering it kept dying: not tried again either (until --retry-failed)
+    assert manifest.previous_outcome(job, {"j1": {**failed, "cause": "worker"}}, retry_failed=False) == "failed"
     # a changed input (another hash) runs again whatever happened before
     assert manifest.previous_outcome(job, {"j1": {**failed, "input_hash": "0" * 16}}, retry_failed=False) is None
     # done, but an output was deleted since: rendered again
     assert manifest.previous_outcome(job, {"j1": {**failed, "status": "done"}}, retry_failed=False) is None
+
+
+def test_runs_that_died_are_counted_per_job_until_the_job_ends(batch_modules, job_files):
+    manifest = batch_modules["batch_manifest"]
+    out = job_files / "out"
+    out.mkdir()
+    jobs, _ = manifest.load_manifest(job_files / "jobs.csv", out, tiny=True)
+    j1, j2, j3 = jobs
+    for job in (j1, j2, j1, j3):
+        manifest.record_start(out, job)
+    manifest.append_result(out, {"id": "j2", "status": "done", "input_hash": j2.input_hash})
+    manifest.record_end(out, j3.id, j3.input_hash, "interrupted")  # Ctrl-C: not a death
+    assert manifest.died_attempts(out) == {("j1", j1.input_hash): 2}
+    manifest.append_result(out, {"id": "j1", "status": "failed", "input_hash": j1.input_hash})
+    assert manifest.died_attempts(out) == {}  # a result ends the count: --retry-failed starts afresh
+
+
+def test_jobs_a_run_died_in_go_last_and_fail_at_once_after_their_attempts(batch_modules, job_files):
+    jobs, _ = batch_modules["batch_manifest"].load_manifest(job_files / "jobs.csv", job_files / "out", tiny=True)
+    plan = batch_modules["render_batch"].plan
+    j1, j2, j3 = jobs
+    order, worn_out = plan(jobs, {"j1": 1}, max_attempts=3)
+    assert [j.id for j in order] == ["j2", "j3", "j1"] and worn_out == []
+    order, worn_out = plan(jobs, {"j1": 3, "j3": 1}, max_attempts=3)
+    assert [j.id for j in order] == ["j2", "j3"] and [j.id for j in worn_out] == ["j1"]
 
 
 def test_only_the_temporary_files_of_the_killed_job_are_removed(batch_modules, job_files):
@@ -133,3 +159,27 @@ def test_ray_is_the_version_pinned_everywhere():
     result = subprocess.run(["bash", str(ROOT / "scripts" / "ray.sh"), "--version"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=300)
     assert result.returncode == 0 and f"ray, version {pinned}" in result.stdout, result.stdout[-2000:]
+
+
+def test_a_job_whose_worker_died_is_queued_first_until_its_attempts_are_used_up(batch_modules, job_files,
+                                                                                 monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / ".host" / "ray-site"))
+    from ray.exceptions import ActorDiedError
+
+    batch_ray, render_batch = batch_modules["batch_ray"], batch_modules["render_batch"]
+    out = job_files / "out"
+    out.mkdir()
+    jobs, _ = batch_modules["batch_manifest"].load_manifest(job_files / "jobs.csv", out, tiny=True)
+    j1, j2, j3 = jobs
+    tally = render_batch.Tally(out, 3)
+    queue = deque([j2, j3])
+    slot = batch_ray.Slot(2, actor=None)
+    batch_ray.requeue_or_fail(j1, ActorDiedError(), slot, {"j1": 1}, 3, queue, tally)
+    assert [j.id for j in queue] == ["j1", "j2", "j3"] and not tally.failed
+    err = capsys.readouterr().err
+    assert "job j1: worker 2 died while rendering it (ActorDiedError" in err and "(attempt 2 of 3)" in err
+    batch_ray.requeue_or_fail(j1, ActorDiedError(), slot, {"j1": 3}, 3, queue, tally)
+    record = batch_modules["batch_manifest"].read_results(out)["j1"]
+    assert (record["status"], record["cause"], record["attempts"]) == ("failed", "worker", 3)
+    assert record["error"].startswith("its worker died 3 time(s) while rendering it (last: ActorDiedError")
+    assert [j.id for j in queue] == ["j1", "j2", "j3"]  # not queued again

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -82,7 +83,7 @@ def test_batch_renders_good_jobs_and_fails_the_corrupt_photo(batch):
         assert len(records[job]["input_hash"]) == 16 and records[job]["seconds"] > 0
         assert records[job]["attempts"] == 1 and re.fullmatch(r"\S+ pid \d+", records[job]["worker"])
     assert records["a1"]["input_hash"] != records["a2"]["input_hash"]
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial files
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".part.mp4")]  # no partial files
     assert not (out / "bad.mp4").exists()
     assert log.count("[batch] progress: ") == 4 and "ETA" in log
     assert "summary: 3 rendered, 1 failed" in log
@@ -156,9 +157,48 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(batch, tmp_path):
     assert proc.returncode == 130, text[-3000:]
     assert "interrupted: finished jobs are kept" in text
     assert list(results(out)) == ["a1"]
-    assert sorted(p.name for p in out.iterdir()) == ["a1-side-by-side.mp4", "a1.mp4", "results.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".attempts.jsonl", "a1-side-by-side.mp4", "a1.mp4",
+                                                     "results.jsonl"]
     again = run_batch("--tiny", "--manifest", str(small), "--out", str(out))
     assert again.returncode == 0, again.stdout[-3000:]
     assert "1 to render, 1 already done" in again.stdout
     assert {k: r["status"] for k, r in results(out).items()} == {"a1": "done", "a2": "done"}
     assert decode(out / "a2.mp4") == (3, 64, 64)
+
+
+def test_a_job_that_killed_the_batch_runs_last_on_the_rerun(batch, tmp_path):
+    """The batch process SIGKILLed mid-job (as the kernel's out-of-memory killer does): the rerun renders the other
+    job first and that one last, as its second attempt; no partial file is left."""
+    manifest, _, _ = batch
+    lines = manifest.read_text().splitlines()
+    small = manifest.with_name("two-killed.csv")
+    small.write_text("\n".join([lines[0], lines[1], lines[2]]) + "\n")  # a1, a2 (one dance)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(BATCH), "--tiny", "--manifest", str(small), "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # bounded: the process ends by itself at the latest
+            if line.startswith("[batch] job a1 (1/2"):
+                time.sleep(1.0)  # into the job
+                proc.kill()
+                break
+        proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL and "a1" not in results_or_none(out)
+
+    again = run_batch("--tiny", "--manifest", str(small), "--out", str(out))
+    log = again.stdout
+    assert again.returncode == 0, log[-3000:]
+    assert "job a1: 1 earlier run(s) ended while rendering it" in log, log[-3000:]
+    assert log.index("[batch] job a2 (1/2") < log.index("[batch] job a1 (2/2, manifest line 2), attempt 2 of 3")
+    records = results(out)
+    assert (records["a1"]["status"], records["a1"]["attempts"], records["a2"]["attempts"]) == ("done", 2, 1)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".part.mp4")]
+
+
+def results_or_none(out: Path) -> dict[str, dict]:
+    return results(out) if (out / "results.jsonl").exists() else {}

@@ -109,7 +109,9 @@ def run_streaming(cmd: list[str], env: dict[str, str], on_line: Callable[[str, s
             remember(seen, process_tree(proc.pid))
             on_line(line, proc)
         else:
-            pytest.fail(f"the batch did not end in {TIMEOUT} s:\n{''.join(log)[-4000:]}")
+            batch_lines = "".join(line for line in log if line.startswith("[batch]"))
+            pytest.fail(f"the batch did not end in {TIMEOUT} s; its own lines:\n{batch_lines}\nthe end of its "
+                        f"output:\n{''.join(log)[-3000:]}")
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
@@ -176,7 +178,8 @@ def test_two_local_workers_survive_a_killed_worker_and_match_the_embedded_batch(
             for name in (f"{job}.mp4", f"{job}-side-by-side.mp4"):
                 assert (out / name).read_bytes() == (embedded_out / name).read_bytes(), name
         assert sorted(p.name for p in out.iterdir()) == sorted(
-            ["results.jsonl"] + [f"{j}{s}.mp4" for j in ("a1", "a2", "b1") for s in ("", "-side-by-side")])
+            [".attempts.jsonl", "results.jsonl"] + [f"{j}{s}.mp4" for j in ("a1", "a2", "b1")
+                                                    for s in ("", "-side-by-side")])
 
         # each worker process (the killed one's restart included) loaded every model once
         workers = re.findall(r"^\[batch\] worker (\S+ pid \d+): model loader runs for (\d+) job\(s\): (.*); DWPose",
@@ -238,7 +241,7 @@ def test_a_lost_node_s_job_finishes_on_the_other_node(batch, short_tmp, monkeypa
         assert f"job {removed['id']}: worker {removed['n']} died while rendering it" in log
         for name in (f"{removed['id']}.mp4", f"{removed['id']}-side-by-side.mp4"):
             assert (out / name).read_bytes() == (embedded_out / name).read_bytes(), name
-        assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial files
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".part.mp4")]  # no partial files
     finally:
         cluster.shutdown()
         shutil.rmtree(short_tmp / "ray", ignore_errors=True)  # the test's own cluster's session (its logs)
