@@ -6,7 +6,7 @@ every node sees (the manifest's files and --out), never through Ray's object sto
 
 Failures. A job's own failure (bad input) comes back as a failed result and is never retried. When a worker process
 dies (crash, OOM kill, lost node) its job goes back to the front of the queue and the next free worker, on any node,
-takes it, up to --max-attempts times; then it is failed with the reason (cause "worker": a rerun tries it again).
+takes it, up to --max-attempts times; then it is failed with the reason (cause "worker"; --retry-failed tries it again).
 The retries are ours, not Ray's: actors restart forever (max_restarts=-1) but their calls are not retried by Ray
 (max_task_retries=0), because Ray would retry a call only on the same actor, which never comes back when its node is
 lost, and a finite Ray retry budget can be used up by restarts alone (ActorUnavailableError). A worker that died is

@@ -15,7 +15,9 @@ Per job: DIR/<id>.mp4 and DIR/<id>-side-by-side.mp4 (with the dance's sound), ea
 and renamed when complete, and one JSON line in DIR/results.jsonl (id, status done/failed, outputs, seconds, error,
 input_hash: a hash of the job's files and parameters, worker, attempts). A rerun skips jobs already done with the
 same input hash and jobs that failed by themselves (bad input) while their inputs are unchanged (--retry-failed runs
-those again). Ctrl-C stops after cleaning up; the next run resumes.
+those again). Ctrl-C stops after cleaning up; the next run resumes. A job that a run died in (a crash, an
+out-of-memory kill) runs last in the next run and is failed after --max-attempts such runs (DIR/.attempts.jsonl logs
+every start and end).
 
 Without --ray every job runs in this process with ONE ComfyUI whose cache stays on (scripts/batch_worker.py): models
 load once for the whole batch, jobs using the same dance run one after the other and share its trimmed copy and
