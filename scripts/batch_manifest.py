@@ -7,11 +7,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ RESULTS = "results.jsonl"
 # the batch's own log of job starts and ends, beside the results: a start with no end after it is a run that died
 # while rendering the job (a crash, an out-of-memory kill of the whole batch)
 ATTEMPTS = ".attempts.jsonl"
+LOCK = ".batch.lock"  # held by the batch writing to the folder
 FIELDS = ("id", "ref", "driving", "pose_video", "width", "height", "frames", "stride", "steps", "seed", "workflow")
 INT_FIELDS = ("width", "height", "frames", "stride", "steps", "seed")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -244,3 +248,22 @@ def remove_partial_outputs(job: Job) -> list[Path]:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold DIR/.batch.lock while the batch runs: a second batch on the same folder would render the same jobs twice
+    and delete the other's temporary files. The lock ends with the process, however it ends."""
+    with (out_dir / LOCK).open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise render.RenderError(f"another batch is writing to {out_dir} ({holder}): wait for it to end, or "
+                                     "give this one another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{socket.gethostname()} pid {os.getpid()}\n")
+        f.flush()
+        yield

@@ -41,6 +41,7 @@ from batch_manifest import (
     append_result,
     died_attempts,
     load_manifest,
+    output_lock,
     previous_outcome,
     read_results,
     record_end,
@@ -184,6 +185,12 @@ def run_batch(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"[batch] malformed row, skipped: {problem}", file=sys.stderr, flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir):
+        return run_locked(args, jobs, problems, out_dir, t0)
+
+
+def run_locked(args: argparse.Namespace, jobs: list[Job], problems: list[str], out_dir: Path, t0: float) -> int:
+    """The batch, with the output folder to itself."""
     for job in jobs:  # what a killed earlier run left half-written (no batch is writing here now)
         remove_partial_outputs(job)
     results = read_results(out_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections import deque
 from pathlib import Path
 from types import ModuleType
@@ -183,3 +184,19 @@ def test_a_job_whose_worker_died_is_queued_first_until_its_attempts_are_used_up(
     assert (record["status"], record["cause"], record["attempts"]) == ("failed", "worker", 3)
     assert record["error"].startswith("its worker died 3 time(s) while rendering it (last: ActorDiedError")
     assert [j.id for j in queue] == ["j1", "j2", "j3"]  # not queued again
+
+
+def test_a_second_batch_on_the_same_folder_is_refused_while_the_first_runs(batch_modules, job_files):
+    manifest = batch_modules["batch_manifest"]
+    out = job_files / "out"
+    out.mkdir()
+    with manifest.output_lock(out):  # as a running batch holds it
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_batch.py"), "--tiny", "--manifest",
+                                 str(job_files / "jobs.csv"), "--out", str(out)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, timeout=120)
+        assert result.returncode == 2, result.stdout[-2000:]
+        assert f"another batch is writing to {out} (" in result.stdout and "pid " in result.stdout
+        assert "ComfyUI ready" not in result.stdout
+    with manifest.output_lock(out):  # released when the holder ends
+        pass
+    assert sorted(p.name for p in out.iterdir()) == [".batch.lock"]

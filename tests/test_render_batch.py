@@ -119,13 +119,14 @@ def test_models_load_once_and_a_dance_is_analysed_once(batch):
 
 def test_rerun_renders_nothing(batch):
     manifest, out, _ = batch
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".batch.lock"}
     again = run_batch("--tiny", "--manifest", str(manifest), "--out", str(out))
     assert "4 job(s) in" in again.stdout and "0 to render, 3 already done, 1 failed before" in again.stdout
     assert "ComfyUI ready" not in again.stdout  # nothing to render: ComfyUI is not even booted
     assert "failed before: bad: node" in again.stdout
     assert again.returncode == 1
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # results.jsonl included
+    # nothing written (results.jsonl included) but the lock naming the run
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".batch.lock"} == before
     retry = run_batch("--tiny", "--retry-failed", "--manifest", str(manifest), "--out", str(out))
     assert "1 to render, 3 already done" in retry.stdout and "job bad FAILED" in retry.stdout
     lines = (out / "results.jsonl").read_text().splitlines()
@@ -157,8 +158,8 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(batch, tmp_path):
     assert proc.returncode == 130, text[-3000:]
     assert "interrupted: finished jobs are kept" in text
     assert list(results(out)) == ["a1"]
-    assert sorted(p.name for p in out.iterdir()) == [".attempts.jsonl", "a1-side-by-side.mp4", "a1.mp4",
-                                                     "results.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".attempts.jsonl", ".batch.lock", "a1-side-by-side.mp4",
+                                                     "a1.mp4", "results.jsonl"]
     again = run_batch("--tiny", "--manifest", str(small), "--out", str(out))
     assert again.returncode == 0, again.stdout[-3000:]
     assert "1 to render, 1 already done" in again.stdout

@@ -178,7 +178,7 @@ def test_two_local_workers_survive_a_killed_worker_and_match_the_embedded_batch(
             for name in (f"{job}.mp4", f"{job}-side-by-side.mp4"):
                 assert (out / name).read_bytes() == (embedded_out / name).read_bytes(), name
         assert sorted(p.name for p in out.iterdir()) == sorted(
-            [".attempts.jsonl", "results.jsonl"] + [f"{j}{s}.mp4" for j in ("a1", "a2", "b1")
+            [".attempts.jsonl", ".batch.lock", "results.jsonl"] + [f"{j}{s}.mp4" for j in ("a1", "a2", "b1")
                                                     for s in ("", "-side-by-side")])
 
         # each worker process (the killed one's restart included) loaded every model once
