@@ -200,6 +200,17 @@ def append_line(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def failed_record(job: Job, error: str, cause: str, worker: str | None, attempts: int | None = None,
+                  seconds: float = 0.0) -> dict[str, Any]:
+    """A results.jsonl line for a failed job. cause: "job" (it failed by itself: bad input) or "worker" (the process
+    rendering it kept dying)."""
+    record = {"id": job.id, "status": "failed", "outputs": [], "seconds": round(seconds, 2), "error": error,
+              "input_hash": job.input_hash, "cause": cause, "worker": worker}
+    if attempts is not None:
+        record["attempts"] = attempts
+    return record
+
+
 def append_result(out_dir: Path, record: dict) -> None:
     append_line(out_dir / RESULTS, record)
     record_end(out_dir, record["id"], record.get("input_hash"), "end")
@@ -236,12 +247,17 @@ def previous_outcome(job: Job, results: dict[str, dict], retry_failed: bool) -> 
     return None
 
 
-def remove_partial_outputs(job: Job) -> list[Path]:
-    """Delete what a killed render of `job` left: its outputs' temporary files (never complete ones); the paths."""
-    names = {p.name for p in job.outputs}
-    folder = job.outputs[0].parent
+def remove_partial_outputs(jobs: list[Job]) -> list[Path]:
+    """Delete what killed renders of `jobs` left: their outputs' temporary files (never complete ones), listing each
+    output folder once; the paths. Call it while no batch writes there."""
+    names_by_folder: dict[Path, set[str]] = {}
+    for job in jobs:
+        for path in job.outputs:
+            names_by_folder.setdefault(path.parent, set()).add(path.name)
     removed = []
-    if folder.is_dir():
+    for folder, names in names_by_folder.items():
+        if not folder.is_dir():
+            continue
         for path in folder.iterdir():
             match = PARTIAL_RE.match(path.name)
             if match and match["name"] in names:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import render  # scripts/render.py (scripts/ is on sys.path when the batch runs)
-from batch_manifest import Job, remove_partial_outputs
+from batch_manifest import Job, failed_record, remove_partial_outputs
 from batch_worker import JobRunner, remove_stale_work_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,8 +186,7 @@ def run_on_ray(args: argparse.Namespace, todo: list[Job], tally: Any, died: dict
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
         remove_stale_work_dirs()  # of workers killed on this machine
-        for job in todo:
-            remove_partial_outputs(job)  # of workers killed mid-write (every worker is stopped now)
+        remove_partial_outputs(todo)  # of workers killed mid-write (every worker is stopped now)
 
 
 def dispatch_loop(ray: Any, args: argparse.Namespace, todo: list[Job], tally: Any, slots: list[Slot],
@@ -243,10 +242,8 @@ def dispatch_loop(ray: Any, args: argparse.Namespace, todo: list[Job], tally: An
                     print(f"[batch] {slot.label()} could not start: {short_reason(exc)}", file=sys.stderr, flush=True)
                 else:
                     job, slot.job = slot.job, None
-                    tally.finish(job, {"id": job.id, "status": "failed", "outputs": [], "seconds": 0.0,
-                                       "error": short_reason(exc), "input_hash": job.input_hash, "cause": "job",
-                                       "worker": slot.info["where"] if slot.info else None,
-                                       "attempts": attempts[job.id]})
+                    tally.finish(job, failed_record(job, short_reason(exc), "job",
+                                                    slot.info["where"] if slot.info else None, attempts[job.id]))
                     dispatch(slot)
                 continue
             except RayActorError as exc:
@@ -298,11 +295,9 @@ def requeue_or_fail(job: Job, exc: BaseException, slot: Slot, attempts: dict[str
                     queue: deque[Job], tally: Any) -> None:
     reason = short_reason(exc)
     if attempts[job.id] >= max_attempts:
-        tally.finish(job, {"id": job.id, "status": "failed", "outputs": [], "seconds": 0.0,
-                           "error": f"its worker died {attempts[job.id]} time(s) while rendering it (last: {reason}); "
-                                    "it may need more memory than a worker has",
-                           "input_hash": job.input_hash, "cause": "worker", "worker": None,
-                           "attempts": attempts[job.id]})
+        tally.finish(job, failed_record(job, f"its worker died {attempts[job.id]} time(s) while rendering it (last: "
+                                             f"{reason}); it may need more memory than a worker has", "worker", None,
+                                        attempts[job.id]))
         return
     print(f"[batch] job {job.id}: worker {slot.number} died while rendering it ({reason}); it goes to the next free "
           f"worker (attempt {attempts[job.id] + 1} of {max_attempts})", file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import render  # scripts/render.py (scripts/ is on sys.path when the batch runs)
-from batch_manifest import Job, remove_partial_outputs
+from batch_manifest import Job, failed_record
 
 POSE_MEMO_SIZE = 8  # dances whose detections are kept (jobs are grouped by dance, so one is enough in order)
 WORK_PREFIX = "controlnext-batch-"  # + pid + "-": a runner's temporary folder (tiny models, trimmed dances)
@@ -83,22 +83,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_inputs(input_dir: Path) -> None:
-    """Delete the copies that killed processes of this machine left in ComfyUI's input folder (render.input_tag)."""
-    pattern = re.compile(rf"^render-{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]{{8}}-")
-    for path in input_dir.glob("render-*"):
+def remove_left_by_dead_processes(folder: Path, pattern: re.Pattern[str]) -> None:
+    """Delete the files and folders in `folder` whose name `pattern` matches with, as its group 1, the id of a process
+    of this machine that is gone (killed: a process that ends normally deletes its own)."""
+    for path in folder.iterdir():
         match = pattern.match(path.name)
         if match and not pid_alive(int(match[1])):
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def remove_stale_inputs(input_dir: Path) -> None:
+    """The copies that killed processes of this machine left in ComfyUI's input folder (render.input_tag)."""
+    remove_left_by_dead_processes(input_dir, re.compile(rf"^render-{re.escape(socket.gethostname())}-(\d+)-"
+                                                        r"[0-9a-f]{8}-"))
 
 
 def remove_stale_work_dirs() -> None:
-    """Delete the temporary folders of runners whose process is gone (killed: a finished runner deletes its own)."""
-    tmp = Path(tempfile.gettempdir())
-    for path in tmp.glob(f"{WORK_PREFIX}*-*"):
-        pid = path.name[len(WORK_PREFIX):].split("-", 1)[0]
-        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+    """The temporary folders of runners whose process was killed."""
+    remove_left_by_dead_processes(Path(tempfile.gettempdir()), re.compile(rf"^{re.escape(WORK_PREFIX)}(\d+)-"))
 
 
 class JobRunner:
@@ -111,7 +116,10 @@ class JobRunner:
         remove_stale_work_dirs()
         self.tiny, self.threads = tiny, threads
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
-        self.host: render.Host | None = None
+        self.host: render.Host | None = None  # boot() sets it, and the three below
+        self.server: CountingServer | None = None
+        self.executor: Any = None
+        self.memo: PoseMemo | None = None
         self.drivings: dict[tuple, tuple] = {}
         self.graphs: dict[tuple, dict] = {}
         self.jobs = 0
@@ -137,15 +145,12 @@ class JobRunner:
     def run(self, job: Job) -> dict[str, Any]:
         """Render one job and write its outputs; its results.jsonl record (status done or failed)."""
         self.boot()
-        remove_partial_outputs(job)  # what an earlier, killed attempt left
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
         self.jobs += 1
         started = time.monotonic()
-        record: dict[str, Any] = {"id": job.id, "status": "done", "outputs": [str(p) for p in job.outputs],
-                                  "seconds": 0.0, "error": None, "input_hash": job.input_hash}
         try:
             key = (str(job.args.workflow), job.args.pose_video)
             if key not in self.graphs:
@@ -153,16 +158,17 @@ class JobRunner:
             rendered = render.render(job.args, self.host, self.graphs[key], self.executor, self.drivings)
             rendered.write(job.args.out)
         except JOB_ERRORS as exc:
-            record.update(status="failed", outputs=[], error=str(exc).strip() or type(exc).__name__, cause="job")
-        record["seconds"] = round(time.monotonic() - started, 2)
-        record["worker"] = self.where
-        return record
+            return failed_record(job, str(exc).strip() or type(exc).__name__, "job", self.where,
+                                 seconds=time.monotonic() - started)
+        return {"id": job.id, "status": "done", "outputs": [str(p) for p in job.outputs],
+                "seconds": round(time.monotonic() - started, 2), "error": None, "input_hash": job.input_hash,
+                "worker": self.where}
 
     def stats(self) -> dict[str, Any]:
         """What this runner did: jobs, loader node runs (each model load), DWPose frames analysed and reused."""
-        ran = self.server.ran if self.host is not None else {}
+        ran = self.server.ran if self.server is not None else {}
         loaders = {k: v for k, v in sorted(ran.items()) if k.endswith("Loader") or k.startswith("ControlNeXtTestTiny")}
-        memo = getattr(self, "memo", None)
+        memo = self.memo
         return {"worker": self.where, "jobs": self.jobs, "loader_runs": loaders,
                 "poses_analysed": memo.detected_frames if memo else 0,
                 "poses_reused": memo.reused_frames if memo else 0}

@@ -40,6 +40,7 @@ from batch_manifest import (
     Job,
     append_result,
     died_attempts,
+    failed_record,
     load_manifest,
     output_lock,
     previous_outcome,
@@ -191,8 +192,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def run_locked(args: argparse.Namespace, jobs: list[Job], problems: list[str], out_dir: Path, t0: float) -> int:
     """The batch, with the output folder to itself."""
-    for job in jobs:  # what a killed earlier run left half-written (no batch is writing here now)
-        remove_partial_outputs(job)
+    remove_partial_outputs(jobs)  # what a killed earlier run left half-written (no batch is writing here now)
     results = read_results(out_dir)
     todo: list[Job] = []
     skipped_done, skipped_failed = [], []
@@ -219,11 +219,9 @@ def run_locked(args: argparse.Namespace, jobs: list[Job], problems: list[str], o
             print(f"[batch] job {job.id}: {died[job.id]} earlier run(s) ended while rendering it (a crash or an "
                   "out-of-memory kill?): it runs last", file=sys.stderr, flush=True)
     for job in worn_out:
-        tally.finish(job, {"id": job.id, "status": "failed", "outputs": [], "seconds": 0.0,
-                           "error": f"{died[job.id]} run(s) ended while rendering it (a crash or an out-of-memory "
-                                    "kill?); it may need more memory than this machine has (--retry-failed tries "
-                                    "again)", "input_hash": job.input_hash, "cause": "worker",
-                           "worker": None, "attempts": died[job.id]})
+        tally.finish(job, failed_record(job, f"{died[job.id]} run(s) ended while rendering it (a crash or an "
+                                         "out-of-memory kill?); it may need more memory than this machine has "
+                                         "(--retry-failed tries again)", "worker", None, died[job.id]))
     interrupted = False
     stats: list[dict[str, Any]] = []
     if todo:

@@ -118,7 +118,7 @@ def test_only_the_temporary_files_of_the_killed_job_are_removed(batch_modules, j
              ".j2.mp4.0a1b2c.part.mp4", "j1.mp4", ".j1.mp4.notes", "j1.mp4.0a1b2c.part.mp4"]  # not
     for name in names:
         (out / name).write_bytes(b"x")
-    removed = manifest.remove_partial_outputs(jobs[0])
+    removed = manifest.remove_partial_outputs(jobs[:1])
     assert sorted(p.name for p in removed) == sorted(names[:2])
     assert sorted(p.name for p in out.iterdir()) == sorted(names[2:])
 
