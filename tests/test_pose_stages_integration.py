@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_retarget import FH, FW, REF_LEN, REST, H, W, fk  # the synthetic skeletons of the retargeting tests
 
 from conftest import PACK_LINK_NAME, ROOT, pack_import, run_graph
 
@@ -37,29 +38,15 @@ pose_nodes = pack_import("nodes.pose_nodes")
 preview_nodes = pack_import("nodes.preview_nodes")
 image_fit = pack_import("controlnext.image_fit")
 
-W, H = 576, 1024  # the reference canvas
-FW, FH = 720, 1280  # the driving video
 FRAMES = 40
 BYSTANDER_FROM = 8
 JITTER = 2.5  # px, DWPose-like
-REST = np.array([-90, 180, 0, 100, 80, 95, 85, 100, 80, 92, 88, 90, 90, -120, -60, 190, -10], dtype=float)
-REF_LEN = np.array([60, 65, 63, 110, 112, 95, 93, 230, 228, 170, 172, 160, 158, 18, 18, 25, 25], dtype=float)
 # the dancer's proportions differ from the reference's: long legs, short arms, a smaller head
 DANCER_FACTORS = np.array([0.9, 1.05, 1.05, 0.85, 0.85, 0.8, 0.8, 1.0, 1.0, 1.25, 1.25, 1.3, 1.3, 0.9, 0.9, 0.9, 0.9])
 LIMBS_AND_TORSO = list(range(1, 13))  # shoulders, arms, torso, legs: long enough to measure within 1.5 %
 RNG_TEMPLATE = np.random.default_rng(11)
 HAND = RNG_TEMPLATE.uniform(-1, 1, (21, 2)) * [12, 10] + [0, 25]
 FACE = RNG_TEMPLATE.uniform(-1, 1, (68, 2)) * [28, 34]
-
-
-def fk(lengths: np.ndarray, angles: np.ndarray, neck: tuple[float, float]) -> np.ndarray:
-    """(18, 2) joints by forward kinematics over rt.BONES (angles in degrees from +x, y down)."""
-    pts = np.zeros((18, 2))
-    pts[1] = neck
-    for b, (c, p, _, _) in enumerate(rt.BONES):
-        a = np.deg2rad(angles[b])
-        pts[c] = pts[p] + lengths[b] * np.array([np.cos(a), np.sin(a)])
-    return pts
 
 
 def make_person(body_xy: np.ndarray, size: float, rng: np.random.Generator | None, box_score: float | None,

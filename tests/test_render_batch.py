@@ -133,29 +133,42 @@ def test_rerun_renders_nothing(batch):
     assert [json.loads(line)["id"] for line in lines].count("bad") == 2  # tried again, failed again
 
 
-def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(batch, tmp_path):
-    manifest, _, _ = batch
+def two_jobs(manifest: Path, name: str) -> Path:
+    """A manifest beside `manifest` (its rows' paths are relative to it) with its first two jobs: a1, a2 (one dance)."""
     lines = manifest.read_text().splitlines()
-    small = manifest.with_name("two.csv")
-    small.write_text("\n".join([lines[0], lines[1], lines[2]]) + "\n")  # a1, a2 (one dance)
-    out = tmp_path / "out"
+    small = manifest.with_name(name)
+    small.write_text("\n".join(lines[:3]) + "\n")
+    return small
+
+
+def signal_batch(manifest: Path, out: Path, at_line: str, signum: int, delay: float = 0.0) -> tuple[int, str]:
+    """Run a --tiny batch and send it `signum` `delay` seconds after it prints a line starting with `at_line`; its
+    exit code and output."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(BATCH), "--tiny", "--manifest", str(small), "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, str(BATCH), "--tiny", "--manifest", str(manifest), "--out", str(out)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = []
     try:
         for line in proc.stdout:  # bounded: the process ends by itself at the latest
             log.append(line)
-            if line.startswith("[batch] job a2 (2/2"):
-                proc.send_signal(signal.SIGINT)  # Ctrl-C during the second job
+            if line.startswith(at_line):
+                time.sleep(delay)
+                proc.send_signal(signum)
                 break
         rest, _ = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = "".join(log) + rest
-    assert proc.returncode == 130, text[-3000:]
+    return proc.returncode, "".join(log) + rest
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(batch, tmp_path):
+    manifest, _, _ = batch
+    small = two_jobs(manifest, "two.csv")
+    out = tmp_path / "out"
+    code, text = signal_batch(small, out, "[batch] job a2 (2/2", signal.SIGINT)  # Ctrl-C during the second job
+    assert code == 130, text[-3000:]
     assert "interrupted: finished jobs are kept" in text
     assert list(results(out)) == ["a1"]
     assert sorted(p.name for p in out.iterdir()) == [".attempts.jsonl", ".batch.lock", "a1-side-by-side.mp4",
@@ -171,25 +184,10 @@ def test_a_job_that_killed_the_batch_runs_last_on_the_rerun(batch, tmp_path):
     """The batch process SIGKILLed mid-job (as the kernel's out-of-memory killer does): the rerun renders the other
     job first and that one last, as its second attempt; no partial file is left."""
     manifest, _, _ = batch
-    lines = manifest.read_text().splitlines()
-    small = manifest.with_name("two-killed.csv")
-    small.write_text("\n".join([lines[0], lines[1], lines[2]]) + "\n")  # a1, a2 (one dance)
+    small = two_jobs(manifest, "two-killed.csv")
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(BATCH), "--tiny", "--manifest", str(small), "--out", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in proc.stdout:  # bounded: the process ends by itself at the latest
-            if line.startswith("[batch] job a1 (1/2"):
-                time.sleep(1.0)  # into the job
-                proc.kill()
-                break
-        proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL and "a1" not in results_or_none(out)
+    code, text = signal_batch(small, out, "[batch] job a1 (1/2", signal.SIGKILL, delay=1.0)  # 1 s into the job
+    assert code == -signal.SIGKILL and "a1" not in results_or_none(out), text[-3000:]
 
     again = run_batch("--tiny", "--manifest", str(small), "--out", str(out))
     log = again.stdout
